@@ -1,0 +1,154 @@
+"""The aiohttp application: routes, and the middlewares every request passes through.
+
+Order: request id → problem mapping → authentication/authorisation. Every route declares
+``@public`` or ``@requires(role, scope)``; a route that declares neither is refused (500)
+rather than served unauthenticated, and a test walks the route table to keep it so.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+from aiohttp import web
+
+from ..auth import roles as R
+from ..engine.errors import ArtStoreError, Forbidden, Unauthorized
+from ..engine.wal import Actor
+from . import problems
+from .state import SERVICES, Services
+
+log = logging.getLogger("artstored.api")
+access_log = logging.getLogger("artstored.access")
+
+CLAIMS = web.RequestKey("claims", object)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+_AUTH_ATTR = "__artstore_auth__"
+
+
+def actor_of(request: web.Request) -> Actor:
+    """Who is making this (authenticated) request, as the engine records it."""
+    claims = request[CLAIMS]
+    return Actor(claims.sub, claims.name, claims.role)
+
+
+def public(handler):
+    setattr(handler, _AUTH_ATTR, None)
+    return handler
+
+
+def requires(role: str, scope: str | None):
+    def mark(handler):
+        setattr(handler, _AUTH_ATTR, (role, scope))
+        return handler
+    return mark
+
+
+def route_requirement(handler):
+    """``None`` (public), ``(role, scope)``, or ``...`` when the handler declares nothing."""
+    return getattr(handler, _AUTH_ATTR, ...)
+
+
+def _safe_request_id(value: str | None) -> str:
+    if value and len(value) <= 128 and value.isascii() and value.isprintable():
+        return value
+    return secrets.token_hex(8)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    rid = _safe_request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = rid
+    started = time.perf_counter()
+    response = None
+    try:
+        response = await handler(request)
+        return response
+    finally:
+        if response is not None:
+            response.headers["X-Request-Id"] = rid
+        route = request.match_info.route.resource
+        access_log.info(
+            "%s %s %s", request.method, request.path,
+            getattr(response, "status", 500),
+            extra={"request_id": rid, "method": request.method,
+                   "route": route.canonical if route is not None else None,
+                   "status": getattr(response, "status", 500),
+                   "bytes_out": getattr(response, "content_length", None),
+                   "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ArtStoreError as exc:
+        response = problems.from_error(exc)
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc.detail,
+                      extra={"request_id": request.get(REQUEST_ID), "code": exc.code})
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = problems.from_http_exception(exc)
+    except (ConnectionResetError, web.RequestEntityTooLarge):  # pragma: no cover
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path,
+                      extra={"request_id": request.get(REQUEST_ID)})
+        response = problems.problem(500, "internal_error", "Internal error",
+                                    "the server failed; the request id names it in the log")
+    if not _body_consumed(request):
+        # The client may still be sending a body we will never read: answer now and close,
+        # rather than swallowing gigabytes to keep the connection alive.
+        response.force_close()
+    return response
+
+
+def _body_consumed(request: web.Request) -> bool:
+    if not request.body_exists:
+        return True
+    return request.content.at_eof()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler):
+    requirement = route_requirement(getattr(request.match_info, "handler", None))
+    if requirement is ...:
+        if isinstance(request.match_info, web.UrlMappingMatchInfo) and \
+                request.match_info.http_exception is None:
+            log.error("route %s declares no auth requirement", request.path)
+            raise ArtStoreError("route has no access rule")
+        return await handler(request)  # 404/405 from the router
+    if requirement is None:
+        return await handler(request)
+    svc: Services = request.app[SERVICES]
+    svc.require_ready()
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("send Authorization: Bearer <token>", code="token_missing")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use the Bearer scheme", code="token_malformed")
+    claims = svc.tokens.verify(token.strip())
+    role, scope = requirement
+    if not R.permits(claims.role, claims.scopes, role, scope):
+        raise Forbidden(f"needs role {role}" + (f" and scope {scope}" if scope else ""),
+                        code="insufficient_scope", required_role=role, required_scope=scope)
+    request[CLAIMS] = claims
+    return await handler(request)
+
+
+def build_app(svc: Services) -> web.Application:
+    from . import accounts, auth_routes, element, files, health
+
+    app = web.Application(
+        middlewares=[request_id_middleware, problem_middleware, auth_middleware],
+        client_max_size=svc.config["server.client_max_fields_bytes"],
+    )
+    app[SERVICES] = svc
+    for module in (health, auth_routes, files, element, accounts):
+        module.add_routes(app.router)
+    return app

@@ -1,0 +1,133 @@
+"""``GET``/``HEAD /api/v1/files/{id}/download``: content with Range, ETag and a UTF-8 name.
+
+The ETag is the content's SHA-256 (content never changes, so it is a strong validator for
+ever). ``If-None-Match`` → 304; ``If-Range`` with a different tag → the whole file; one
+byte range per request (``bytes=a-b``, ``a-``, ``-n``) → 206, an unsatisfiable one → 416;
+several ranges are answered with the whole file (RFC 9110 §14.2 allows ignoring Range).
+The body goes out with ``sendfile``: the daemon never holds the file in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import urllib.parse
+
+from aiohttp import web
+
+from ..engine.errors import RangeNotSatisfiable, StoreCorrupt
+
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single satisfiable range, None to send everything.
+
+    Raises RangeNotSatisfiable for a well-formed range that does not fit ``size``. Malformed
+    or multi-range headers are ignored (None), as RFC 9110 allows.
+    """
+    if not header:
+        return None
+    m = _RANGE_RE.match(header)
+    if not m:
+        return None
+    first, last = m.group(1), m.group(2)
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix: the last n bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            raise RangeNotSatisfiable(f"range {header.strip()} of a {size}-byte file",
+                                      size=size)
+        return max(0, size - n), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # invalid range-spec: ignore the header
+    if start >= size:
+        raise RangeNotSatisfiable(f"range {header.strip()} of a {size}-byte file", size=size)
+    return start, min(end, size - 1)
+
+
+def etag_of(attr: dict) -> str:
+    return f'"{attr["checksum_sha256"]}"'
+
+
+def _tag_matches(header: str, etag: str) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+def content_disposition(filename: str, disposition: str = "attachment") -> str:
+    """RFC 6266: an ASCII fallback ``filename`` and the exact name in ``filename*``."""
+    base = re.split(r"[/\\]", filename)[-1] or "download"
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\%' else "_" for c in base)
+    encoded = urllib.parse.quote(filename, safe="")
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+class ContentResponse(web.StreamResponse):
+    """Sends a byte range of an open file with sendfile; closes the file when done."""
+
+    def __init__(self, fobj, offset: int, count: int, **kwargs):
+        super().__init__(**kwargs)
+        self._fobj = fobj
+        self._offset = offset
+        self._count = count
+
+    async def prepare(self, request):
+        try:
+            writer = await super().prepare(request)
+            if request.method != "HEAD" and self._count > 0:
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("client went away")
+                await request._loop.sendfile(transport, self._fobj, self._offset, self._count)
+                await super().write_eof()
+            return writer
+        finally:
+            self._fobj.close()
+
+
+def build_response(request: web.Request, attr: dict, path: str) -> web.StreamResponse:
+    size = int(attr["file_size"])
+    etag = etag_of(attr)
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Type": attr.get("content_type") or "application/octet-stream",
+        "Content-Disposition": content_disposition(attr["original_filename"]),
+        "Repr-Digest": "sha-256=:%s:" % base64.b64encode(
+            bytes.fromhex(attr["checksum_sha256"])).decode("ascii"),
+        "Cache-Control": "private, no-cache",
+        "X-Content-Type-Options": "nosniff",
+    }
+    inm = request.headers.get("If-None-Match")
+    if inm and _tag_matches(inm, etag):
+        return web.Response(status=304, headers={"ETag": etag,
+                                                 "Cache-Control": headers["Cache-Control"]})
+    im = request.headers.get("If-Match")
+    if im and not _tag_matches(im, etag):
+        return web.Response(status=412, headers={"ETag": etag})
+    span = None
+    if_range = request.headers.get("If-Range")
+    if if_range is None or if_range.strip() == etag:
+        span = parse_range(request.headers.get("Range"), size)
+    status, offset, count = 200, 0, size
+    if span is not None:
+        status, offset, count = 206, span[0], span[1] - span[0] + 1
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    try:
+        fobj = open(path, "rb")
+    except FileNotFoundError:
+        raise StoreCorrupt(f"the content of file {attr['file_id']} is missing on disk") \
+            from None
+    actual = os.fstat(fobj.fileno()).st_size
+    if actual != size:
+        fobj.close()
+        raise StoreCorrupt(f"file {attr['file_id']} has {actual} bytes on disk, "
+                           f"{size} in its record")
+    response = ContentResponse(fobj, offset, count, status=status, headers=headers)
+    response.content_length = count
+    return response

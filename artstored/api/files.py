@@ -1,0 +1,118 @@
+"""``/api/v1/files``: upload, list, metadata, download, merge-patch, delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from ..auth import roles as R
+from ..engine import catalog
+from ..engine import modes as M
+from ..engine.errors import BadRequest, NotReady, PreconditionFailed, ValidationError
+from . import download
+from .app import actor_of, requires
+from .responses import json_response, read_json
+from .state import blocking, services
+from .upload import receive_upload
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+
+
+def metadata_etag(attr: dict) -> str:
+    return f'"v{attr.get("version", 1)}"'
+
+
+def parse_limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be 1-{MAX_LIMIT}", code="invalid_limit")
+    return int(raw)
+
+
+@requires(R.USER, R.FILES_WRITE)
+async def upload(request: web.Request) -> web.Response:
+    svc = services(request)
+    if svc.stopping:
+        raise NotReady("the daemon is shutting down; retry on another node or later")
+    svc.inflight_uploads += 1
+    try:
+        prepared = await receive_upload(request, svc.store, actor_of(request),
+                                        svc.config["server.client_max_fields_bytes"])
+        attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
+    finally:
+        svc.inflight_uploads -= 1
+    location = f"/api/v1/files/{attr['file_id']}"
+    return json_response(attr, status=201,
+                         headers={"Location": location, "ETag": metadata_etag(attr)})
+
+
+@requires(R.USER, R.FILES_READ)
+async def list_files(request: web.Request) -> web.Response:
+    svc = services(request)
+    svc.store.require(M.READ_METADATA)
+    order = request.query.get("order", catalog.DESC)
+    if order not in (catalog.ASC, catalog.DESC):
+        raise BadRequest("order must be asc or desc", code="invalid_order")
+    items, next_cursor = await blocking(svc.store.list, limit=parse_limit(request),
+                                        cursor=request.query.get("cursor"), order=order)
+    return json_response({"items": items, "next_cursor": next_cursor})
+
+
+@requires(R.USER, R.FILES_READ)
+async def get_file(request: web.Request) -> web.Response:
+    svc = services(request)
+    svc.store.require(M.READ_METADATA)
+    entry = await blocking(svc.store.get, request.match_info["file_id"])
+    etag = metadata_etag(entry.attr)
+    if request.headers.get("If-None-Match", "").strip() == etag:
+        return web.Response(status=304, headers={"ETag": etag})
+    return json_response(entry.attr, headers={"ETag": etag})
+
+
+@requires(R.USER, R.FILES_READ)
+async def download_file(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    entry, path = await blocking(svc.store.open_content, request.match_info["file_id"])
+    return await blocking(download.build_response, request, entry.attr, path)
+
+
+def _expected_version(request: web.Request) -> int | None:
+    header = request.headers.get("If-Match")
+    if header is None:
+        return None
+    tag = header.strip()
+    if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
+        return int(tag[2:-1])
+    raise PreconditionFailed("If-Match takes the ETag of the metadata, such as \"v3\"")
+
+
+@requires(R.USER, R.FILES_WRITE)
+async def patch_file(request: web.Request) -> web.Response:
+    svc = services(request)
+    if request.content_type not in ("application/merge-patch+json", "application/json"):
+        raise ValidationError("send a JSON merge patch (application/merge-patch+json)",
+                              code="unsupported_media_type")
+    patch = await read_json(request)
+    attr = await blocking(svc.store.patch, request.match_info["file_id"], patch,
+                          actor_of(request), expected_version=_expected_version(request))
+    return json_response(attr, headers={"ETag": metadata_etag(attr)})
+
+
+@requires(R.OPERATOR, R.FILES_WRITE)
+async def delete_file(request: web.Request) -> web.Response:
+    svc = services(request)
+    await blocking(svc.store.delete, request.match_info["file_id"], actor_of(request))
+    return web.Response(status=204)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_post("/api/v1/files", upload)
+    router.add_get("/api/v1/files", list_files)
+    router.add_get("/api/v1/files/{file_id}", get_file)
+    router.add_get("/api/v1/files/{file_id}/download", download_file)  # HEAD too
+    router.add_patch("/api/v1/files/{file_id}", patch_file)
+    router.add_delete("/api/v1/files/{file_id}", delete_file)

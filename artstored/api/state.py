@@ -1,0 +1,45 @@
+"""What every handler can reach: the services of a running daemon (set once ready)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..engine.errors import NotReady
+
+
+@dataclass
+class Services:
+    config: object
+    store: object = None          # engine.Store once recovery has finished
+    accounts: object = None       # auth.accounts.AccountStore
+    tokens: object = None         # auth.tokens.TokenService
+    keyring: object = None        # auth.keys.KeyRing
+    jobs: object = None           # artstored.jobs.JobRunner
+    started: bool = False         # recovery done, services built
+    stopping: bool = False        # SIGTERM received: no new uploads
+    startup_error: str | None = None
+    inflight_uploads: int = 0
+    extras: dict = field(default_factory=dict)
+
+    def require_ready(self) -> None:
+        if not self.started:
+            raise NotReady("the daemon is still starting (recovery in progress)")
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    svc = request.app[SERVICES]
+    svc.require_ready()
+    return svc
+
+
+async def blocking(fn, *args, **kwargs):
+    """Run a blocking engine call in the default worker pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))

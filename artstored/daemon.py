@@ -1,0 +1,161 @@
+"""``artstored``: the storage daemon (one per host), in the foreground.
+
+Starts the HTTP server at once, so that health probes answer (503) during recovery; opens
+the Store (which resolves PENDING intents) in a worker thread; then builds the auth services
+and starts answering. SIGTERM/SIGINT: stop taking uploads, let in-flight requests finish
+within ``server.shutdown_grace_seconds``, commit what is queued, close LMDB, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__, config as C, logs
+from .api.app import build_app
+from .api.state import Services
+from .auth.accounts import AccountStore
+from .auth.keys import KeyRing
+from .auth.tokens import TokenService
+from .engine import retention
+from .engine.errors import ArtStoreError
+from .engine.store import Store, StoreConfig
+from .jobs import JobRunner
+
+log = logging.getLogger("artstored")
+
+
+def store_config(cfg: C.Config) -> StoreConfig:
+    return StoreConfig(
+        data_dir=cfg.data_dir,
+        disks=[os.path.abspath(d) for d in cfg["storage.disks"]],
+        max_upload_bytes=cfg["limits.max_upload_bytes"],
+        initial_mode=cfg["element.initial_mode"],
+        sync_method=cfg["storage.sync_method"],
+        max_batch=cfg["storage.max_batch"],
+        map_size=cfg["storage.lmdb_map_size"],
+        node_name=cfg["element.name"] or None,
+    )
+
+
+def open_services(svc: Services) -> None:
+    """Blocking: recovery and everything that needs the store. Runs in a worker thread."""
+    cfg = svc.config
+    store = Store(store_config(cfg))
+    try:
+        keyring = KeyRing(store.data_dir)
+        issuer = cfg["auth.issuer"] or f"artstore:{store.node.node_id}"
+        svc.keyring = keyring
+        svc.tokens = TokenService(keyring, issuer, cfg["auth.token_ttl_seconds"])
+        svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
+        svc.accounts.ensure_initial_admin(store.data_dir)
+        svc.jobs = JobRunner()
+    except BaseException:
+        store.close()
+        raise
+    svc.store = store
+    log.info("store open: mode %s, recovery %s", store.mode, store.recovery_report,
+             extra={"node_id": store.node.node_id})
+
+
+async def _gc_loop(svc: Services) -> None:
+    interval = svc.config["retention.gc_interval_seconds"]
+    if not interval:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, retention.collect_expired, svc.store)
+        except Exception:
+            log.exception("retention GC failed")
+
+
+async def serve(cfg: C.Config) -> int:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(
+        max_workers=32, thread_name_prefix="worker"))
+    svc = Services(config=cfg)
+    app = build_app(svc)
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=cfg["server.shutdown_grace_seconds"])
+    await runner.setup()
+    host, port = cfg.listen
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("artstored %s listening on %s:%d (data %s)", __version__, host, port,
+             cfg.data_dir)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    opener = loop.run_in_executor(None, open_services, svc)
+    waiter = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({opener, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if opener in done:
+        try:
+            opener.result()
+        except ArtStoreError as exc:
+            svc.startup_error = exc.detail
+            log.error("cannot open the store: %s", exc.detail)
+            await runner.cleanup()
+            return 1
+        svc.started = True
+        log.info("ready")
+        gc_task = asyncio.ensure_future(_gc_loop(svc))
+        await waiter
+        gc_task.cancel()
+    else:
+        # Signalled during recovery: let recovery finish (it must not be cut), then stop.
+        await opener
+    log.info("stopping: no new uploads; in-flight requests have %.0f s",
+             cfg["server.shutdown_grace_seconds"])
+    svc.stopping = True
+    await runner.cleanup()   # stops listening, waits for handlers up to the grace period
+    if svc.store is not None:
+        await loop.run_in_executor(None, svc.store.close)
+    log.info("stopped")
+    return 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="artstored", description="ArtStore storage daemon (runs in the foreground).")
+    p.add_argument("--config", help="TOML config file (default: $ARTSTORE_CONFIG, else "
+                   f"{C.DEFAULT_CONFIG_PATH} if it exists, else the embedded default)")
+    p.add_argument("--data-dir", help="data directory (storage.data_dir)")
+    p.add_argument("--listen", help="HOST:PORT to listen on (server.listen)")
+    p.add_argument("--version", action="version", version=f"artstored {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = {}
+    if args.data_dir:
+        overrides["storage.data_dir"] = (args.data_dir, "flag --data-dir")
+    if args.listen:
+        overrides["server.listen"] = (args.listen, "flag --listen")
+    try:
+        cfg = C.load(args.config, overrides=overrides)
+    except C.ConfigError as exc:
+        print(f"artstored: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(cfg["log.level"])
+    try:
+        return asyncio.run(serve(cfg))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Cluster replication: gossip membership and WAL shipping between peers.
+Installed as ``artstored.replication``."""
