@@ -1,0 +1,50 @@
+"""Offline commands on a data directory (the daemon must be stopped): ``artstore rebuild``."""
+
+from __future__ import annotations
+
+from .. import config as C
+from ..daemon import store_config
+from ..engine.rebuild import rebuild_catalog
+from ..engine.store import Store
+from .common import UsageError, add_json_option, emit
+
+
+def open_store(args) -> Store:
+    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} if args.data_dir \
+        else {}
+    try:
+        cfg = C.load(args.config, overrides=overrides)
+    except C.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return Store(store_config(cfg))
+
+
+def _rebuild_text(r: dict) -> str:
+    lines = [f"catalog rebuilt: {r['files']} files, {r['bytes']} bytes"]
+    for key in ("missing_data", "size_mismatch", "checksum_mismatch", "unreadable",
+                "orphan_data"):
+        if r[key]:
+            lines.append(f"{key.replace('_', ' ')}: {len(r[key])}")
+            lines.extend(f"  {item}" for item in r[key][:20])
+    return "\n".join(lines)
+
+
+def cmd_rebuild(args) -> int:
+    with open_store(args) as store:
+        report = rebuild_catalog(store, verify=args.verify)
+    emit(args, report, _rebuild_text)
+    return 0
+
+
+def add_offline_options(parser) -> None:
+    add_json_option(parser)
+    parser.add_argument("--data-dir", help="data directory (default: from the config)")
+    parser.add_argument("--config", help="config file (for disk roots)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("rebuild", help="rebuild the catalog from the attr.json files (offline)")
+    add_offline_options(p)
+    p.add_argument("--verify", action="store_true",
+                   help="also re-hash every file and leave out those that do not match")
+    p.set_defaults(func=cmd_rebuild)
