@@ -281,3 +281,21 @@ def tmp_files(data_dir: str) -> list[str]:
         if os.path.isdir(tmp):
             out.extend(os.listdir(tmp))
     return out
+
+
+def store_snapshot(data_dir: str) -> dict:
+    """What LMDB holds, read directly (read-only, as the FUSE mount reads it): catalog
+    entries, PENDING intents, and the newest WAL sequence."""
+    from artstored.engine import lmdb_schema as S
+    from artstored.engine import wal as W
+
+    env = S.Env(os.path.join(data_dir, "store.lmdb"), readonly=True)
+    try:
+        with env.read() as txn:
+            catalog_ids = [W.unpack(v)["attr"]["file_id"]
+                           for _, v in txn.cursor(db=env.db(S.DB_CATALOG))]
+            pending = W.intents(txn, env)
+            seq, _ = W.head(txn, env)
+    finally:
+        env.close()
+    return {"catalog": catalog_ids, "pending": pending, "wal_seq": seq}

@@ -124,7 +124,7 @@ class MultipartStream:
                 end, self._buf = 0, self._buf[2:]
                 raw = b""
                 break
-            end = self._buf.find(b"\r\n\r\n")
+            end = self._buf.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES + 4)
             if end >= 0:
                 raw, self._buf = self._buf[:end], self._buf[end + 4:]
                 break

@@ -90,8 +90,9 @@ class Env:
             self._check_schema()
 
     def _open_existing(self, name: bytes):
-        with self.env.begin() as txn:
-            return self.env.open_db(name, txn=txn, create=False)
+        # Not inside a read transaction: py-lmdb then hands back a handle that later
+        # transactions refuse (EINVAL). Without one it uses a short read-only txn itself.
+        return self.env.open_db(name, create=False)
 
     def db(self, name: bytes):
         return self.dbs[name]
