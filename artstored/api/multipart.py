@@ -177,6 +177,10 @@ class MultipartStream:
                 yield memoryview(buf)[:cut]
             tail = buf[cut:]
             more = await self._more()
+            if len(more) < keep:
+                # Too short to rule out a delimiter starting in tail: look again, joined.
+                buf = tail + more
+                continue
             probe = tail + more[:keep]
             j = probe.find(delim)
             if 0 <= j < len(tail):

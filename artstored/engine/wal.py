@@ -7,11 +7,12 @@ number, together with the catalog change. So ``wal`` is in commit order, gap-fre
 append-only: the index and replication follow it by sequence number without ever waiting
 on a slow upload, and a crash leaves at most PENDING intents, which recovery resolves.
 
-Every appended record carries ``prev``, the SHA-256 of the previous record's bytes, and
-``meta.wal_head`` holds the newest sequence and its hash: the log is a hash chain, and
-changing any byte of any record breaks it (``verify_chain``).
+The log is a hash chain. A stored record is ``body || sha256(body)``: the body is a msgpack
+map that carries ``prev``, the hash of the record before it, and ``meta.wal_head`` holds the
+newest sequence and hash. Changing any byte of a record breaks its own hash, and replacing a
+whole record breaks the next one's ``prev`` (``verify_chain`` names the record).
 
-Record (msgpack map): ``seq``, ``ts`` (µs since epoch), ``kind`` (see KINDS), ``state``,
+Body (msgpack map): ``seq``, ``ts`` (µs since epoch), ``kind`` (see KINDS), ``state``,
 ``actor`` ({id, name}), ``file_id`` (or None), ``data`` (kind-specific), ``prev``.
 """
 
@@ -41,6 +42,7 @@ KINDS = (FILE_CREATE, FILE_UPDATE, FILE_DELETE, ELEMENT_MODE, ACCOUNT_CREATE,
          ACCOUNT_UPDATE, CATALOG_REBUILD)
 
 GENESIS = b"\x00" * 32
+HASH_BYTES = 32
 
 
 def now_us() -> int:
@@ -111,11 +113,16 @@ def append(txn, env: S.Env, kind: str, actor: Actor, *, state: str = COMMITTED,
     record = {"seq": seq, "ts": now_us(), "kind": kind, "state": state,
               "actor": actor.as_dict(), "file_id": file_id, "data": data or {},
               "prev": prev}
-    raw = pack(record)
-    txn.put(S.seq_key(seq), raw, db=env.db(S.DB_WAL), append=True)
-    txn.put(S.META_WAL_HEAD, pack({"seq": seq, "hash": hashlib.sha256(raw).digest()}),
-            db=env.db(S.DB_META))
+    body = pack(record)
+    digest = hashlib.sha256(body).digest()
+    txn.put(S.seq_key(seq), body + digest, db=env.db(S.DB_WAL), append=True)
+    txn.put(S.META_WAL_HEAD, pack({"seq": seq, "hash": digest}), db=env.db(S.DB_META))
     return seq
+
+
+def decode_record(raw: bytes) -> dict:
+    """The body of a stored record (its trailing hash is not checked here)."""
+    return unpack(bytes(raw)[:-HASH_BYTES])
 
 
 def read_from(txn, env: S.Env, after_seq: int, limit: int = 1000) -> list[dict]:
@@ -125,7 +132,7 @@ def read_from(txn, env: S.Env, after_seq: int, limit: int = 1000) -> list[dict]:
     if not cur.set_range(S.seq_key(after_seq + 1)):
         return out
     for _, raw in cur:
-        out.append(unpack(raw))
+        out.append(decode_record(raw))
         if len(out) >= limit:
             break
     return out
@@ -134,24 +141,26 @@ def read_from(txn, env: S.Env, after_seq: int, limit: int = 1000) -> list[dict]:
 def verify_chain(txn, env: S.Env) -> int | None:
     """The sequence number of the first record that breaks the hash chain, or None.
 
-    A record is broken if it does not decode, its ``seq`` disagrees with its key, or the
-    hash of its bytes differs from what the next record (or the head) says it was.
+    A record is broken if its hash does not match its body, its body does not decode or
+    disagrees with its key, or its ``prev`` is not the hash of the record before it.
     """
     prev_hash = GENESIS
     prev_seq = 0
     cur = txn.cursor(db=env.db(S.DB_WAL))
     for key, raw in cur:
         seq = S.key_seq(key)
+        raw = bytes(raw)
+        body, digest = raw[:-HASH_BYTES], raw[-HASH_BYTES:]
+        if hashlib.sha256(body).digest() != digest:
+            return seq
         try:
-            record = unpack(raw)
+            record = unpack(body)
         except Exception:
             return seq
-        if record.get("seq") != seq or seq != prev_seq + 1:
+        if not isinstance(record, dict) or record.get("seq") != seq \
+                or seq != prev_seq + 1 or record.get("prev") != prev_hash:
             return seq
-        if record.get("prev") != prev_hash:
-            return prev_seq if prev_seq else seq
-        prev_hash = hashlib.sha256(bytes(raw)).digest()
-        prev_seq = seq
+        prev_hash, prev_seq = digest, seq
     head_seq, head_hash = head(txn, env)
     if head_seq != prev_seq or (prev_seq and head_hash != prev_hash):
         return prev_seq or 1

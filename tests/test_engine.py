@@ -1,0 +1,189 @@
+"""The engine on its own (real LMDB, real files), for what HTTP cannot reach: the clock of
+the retention GC, and crash windows at exact points of the group commit."""
+
+import json
+import os
+import time
+
+import pytest
+
+from artstored.engine import Actor, Store, StoreConfig, UploadRequest
+from artstored.engine import wal as W
+from artstored.engine.errors import StoreLocked
+from artstored.engine.groupcommit import PreparedUpload
+from artstored.engine.rebuild import rebuild_catalog
+from artstored.engine.retention import collect_expired
+
+ALICE = Actor("cl_alice", "alice", "user")
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(StoreConfig(data_dir=str(tmp_path / "data")))
+    yield s
+    s.close()
+
+
+def reopen(store: Store) -> Store:
+    config = store.config
+    store.close()
+    return Store(config)
+
+
+def test_retention_gc_removes_only_expired(store):
+    keep = store.ingest([b"keep"], UploadRequest("keep.txt"), ALICE)
+    short = store.ingest([b"short"], UploadRequest("short.txt", retention_policy="temporary",
+                                                   ttl_days=1), ALICE)
+    long = store.ingest([b"long"], UploadRequest("long.txt", retention_policy="temporary",
+                                                 ttl_days=10), ALICE)
+    assert collect_expired(store)["removed"] == 0
+    report = collect_expired(store, now=time.time() + 2 * 86400)
+    assert report == {"removed": 1, "bytes": 5, "skipped": None}
+    ids = {a["file_id"] for a in store.list(limit=10)[0]}
+    assert ids == {keep["file_id"], long["file_id"]}
+    path = store.content_path(store.get(long["file_id"]))
+    assert collect_expired(store, now=time.time() + 11 * 86400)["removed"] == 1
+    assert not os.path.exists(path) and not os.path.exists(path + ".attr.json")
+    with store.env.read() as txn:
+        kinds = [r["kind"] for r in W.read_from(txn, store.env, 0)]
+    assert kinds.count("file.delete") == 2
+
+
+def test_retention_gc_skips_frozen_modes(store):
+    store.ingest([b"t"], UploadRequest("t.txt", retention_policy="temporary", ttl_days=1), ALICE)
+    store.set_mode("ro", ALICE)
+    report = collect_expired(store, now=time.time() + 2 * 86400)
+    assert report["removed"] == 0 and "ro" in report["skipped"]
+
+
+def _prepare(store, data: bytes, name: str) -> PreparedUpload:
+    writer = store.begin_upload()
+    writer.write(data)
+    writer.finish()
+    return store.prepare_upload(writer, UploadRequest(name), ALICE)
+
+
+def test_crash_after_placing_rolls_forward(store):
+    """Intent recorded, files in objects/, no commit: complete → rolled forward."""
+    item = _prepare(store, b"complete", "c.txt")
+    store.committer._record_intents([item])
+    assert store.committer._place(item)
+    store = reopen(store)
+    assert store.recovery_report["rolled_forward"] == 1
+    assert store.get(item.entry.file_id).attr["checksum_sha256"] == \
+        item.entry.attr["checksum_sha256"]
+    store.close()
+
+
+def test_crash_with_torn_sidecar_rolls_back(store):
+    item = _prepare(store, b"torn", "t.txt")
+    store.committer._record_intents([item])
+    assert store.committer._place(item)
+    data_path = store.content_path(item.entry)
+    with open(data_path + ".attr.json", "wb") as f:
+        f.write(item.attr_bytes[:50])   # as if the sidecar's blocks never reached the disk
+    store = reopen(store)
+    assert store.recovery_report["rolled_back"] == 1
+    assert not os.path.exists(data_path) and not os.path.exists(data_path + ".attr.json")
+    assert store.list()[0] == []
+    store.close()
+
+
+def test_crash_before_rename_rolls_back_and_cleans_tmp(store):
+    item = _prepare(store, b"early", "e.txt")
+    store.committer._record_intents([item])
+    tmp_dir = item.writer.disk.tmp
+    assert os.listdir(tmp_dir)
+    store = reopen(store)
+    assert store.recovery_report["rolled_back"] == 1
+    assert os.listdir(tmp_dir) == []
+    with store.env.read() as txn:
+        last = W.read_from(txn, store.env, 0)[-1]
+    assert last["kind"] == "file.create" and last["state"] == "ROLLED_BACK"
+    store.close()
+
+
+def test_interrupted_patch_resolves_by_sidecar(store):
+    attr = store.ingest([b"p"], UploadRequest("p.txt"), ALICE)
+    store.patch(attr["file_id"], {"description": "v2"}, ALICE)
+    assert store.get(attr["file_id"]).attr["version"] == 2
+    store = reopen(store)
+    assert store.get(attr["file_id"]).attr["description"] == "v2"
+    store.close()
+
+
+@pytest.mark.parametrize("offset", [10, -3, -40])  # body, its hash, the prev link
+def test_wal_is_a_hash_chain(store, offset):
+    attr = store.ingest([b"x"], UploadRequest("x.txt"), ALICE)
+    store.patch(attr["file_id"], {"description": "d"}, ALICE)
+    with store.env.read() as txn:
+        assert W.verify_chain(txn, store.env) is None
+        records = W.read_from(txn, store.env, 0)
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    # Change one byte of one record: the chain names it.
+    target = records[1]["seq"]
+    from artstored.engine import lmdb_schema as S
+    with store.env.write() as txn:
+        raw = bytearray(txn.get(S.seq_key(target), db=store.env.db(S.DB_WAL)))
+        raw[offset] ^= 0x01
+        txn.put(S.seq_key(target), bytes(raw), db=store.env.db(S.DB_WAL))
+    with store.env.read() as txn:
+        assert W.verify_chain(txn, store.env) == target
+
+
+def test_signature_checks_offline(store, tmp_path):
+    import base64
+
+    import nacl.signing
+
+    from artstored.engine import attrs as A
+
+    attr = store.ingest([b"sig"], UploadRequest("s.txt"), ALICE)
+    with open(os.path.join(store.data_dir, "node.json")) as f:
+        node = json.load(f)
+    public = base64.urlsafe_b64decode(node["public_key"] + "==")
+    sig = base64.urlsafe_b64decode(attr["signature"]["value"] + "==")
+    nacl.signing.VerifyKey(public).verify(A.fixity_payload(attr), sig)
+    assert attr["signature"]["key_id"] == node["node_id"] == attr["origin_node"]
+
+
+def test_rebuild_reads_v1_sidecars(store):
+    attr = store.ingest([b"old"], UploadRequest("old.txt"), ALICE)
+    sidecar = store.content_path(store.get(attr["file_id"])) + ".attr.json"
+    with open(sidecar) as f:
+        doc = json.load(f)
+    for key in ("schema_version", "custom_attributes"):
+        doc.pop(key)
+    with open(sidecar, "w") as f:
+        json.dump(doc, f)
+    report = rebuild_catalog(store)
+    assert report["files"] == 1
+    migrated = store.get(attr["file_id"]).attr
+    assert migrated["schema_version"] == "2.0" and migrated["custom_attributes"] == {}
+    # The next change writes it back as v2.
+    store.patch(attr["file_id"], {"description": "now v2"}, ALICE)
+    with open(sidecar) as f:
+        assert json.load(f)["schema_version"] == "2.0"
+
+
+def test_rebuild_reports_problems(store):
+    a = store.ingest([b"aaaa"], UploadRequest("a.txt"), ALICE)
+    b = store.ingest([b"bbbb"], UploadRequest("b.txt"), ALICE)
+    path_a = store.content_path(store.get(a["file_id"]))
+    path_b = store.content_path(store.get(b["file_id"]))
+    os.unlink(path_a)
+    with open(path_b, "r+b") as f:
+        f.write(b"X")
+    orphan = os.path.join(os.path.dirname(path_b), "stray.bin")
+    with open(orphan, "wb") as f:
+        f.write(b"?")
+    report = rebuild_catalog(store, verify=True)
+    assert report["missing_data"] == [a["file_id"]]
+    assert report["checksum_mismatch"] == [b["file_id"]]
+    assert report["orphan_data"] == [orphan]
+    assert report["files"] == 0
+
+
+def test_one_process_per_data_dir(store):
+    with pytest.raises(StoreLocked):
+        Store(StoreConfig(data_dir=store.data_dir))
