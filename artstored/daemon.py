@@ -116,14 +116,29 @@ async def serve(cfg: C.Config) -> int:
     else:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener
-    log.info("stopping: no new uploads; in-flight requests have %.0f s",
-             cfg["server.shutdown_grace_seconds"])
-    svc.stopping = True
-    await runner.cleanup()   # stops listening, waits for handlers up to the grace period
+    await _drain(svc, site, runner, cfg["server.shutdown_grace_seconds"])
     if svc.store is not None:
         await loop.run_in_executor(None, svc.store.close)
     log.info("stopped")
     return 0
+
+
+async def _drain(svc: Services, site: web.TCPSite, runner: web.AppRunner,
+                 grace: float) -> None:
+    """Stop listening and refuse new uploads, then give requests in flight ``grace``
+    seconds to finish before connections are closed. (aiohttp's own shutdown stops reading
+    request bodies at once, which would cut every upload in flight.)"""
+    log.info("stopping: no new uploads; %d requests in flight have %.0f s",
+             svc.inflight_requests, grace)
+    svc.stopping = True
+    await site.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while svc.inflight_requests and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    if svc.inflight_requests:
+        log.warning("grace period over: cutting %d requests", svc.inflight_requests)
+    await runner.cleanup()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -63,10 +63,15 @@ async def request_id_middleware(request: web.Request, handler):
     request[REQUEST_ID] = rid
     started = time.perf_counter()
     response = None
+    svc: Services = request.app[SERVICES]
+    svc.inflight_requests += 1
     try:
         response = await handler(request)
+        if svc.stopping:
+            response.force_close()
         return response
     finally:
+        svc.inflight_requests -= 1
         if response is not None:
             response.headers["X-Request-Id"] = rid
         route = request.match_info.route.resource
@@ -93,8 +98,6 @@ async def problem_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         response = problems.from_http_exception(exc)
-    except (ConnectionResetError, web.RequestEntityTooLarge):  # pragma: no cover
-        raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path,
                       extra={"request_id": request.get(REQUEST_ID)})

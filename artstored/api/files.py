@@ -38,13 +38,9 @@ async def upload(request: web.Request) -> web.Response:
     svc = services(request)
     if svc.stopping:
         raise NotReady("the daemon is shutting down; retry on another node or later")
-    svc.inflight_uploads += 1
-    try:
-        prepared = await receive_upload(request, svc.store, actor_of(request),
-                                        svc.config["server.client_max_fields_bytes"])
-        attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
-    finally:
-        svc.inflight_uploads -= 1
+    prepared = await receive_upload(request, svc.store, actor_of(request),
+                                    svc.config["server.client_max_fields_bytes"])
+    attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
     location = f"/api/v1/files/{attr['file_id']}"
     return json_response(attr, status=201,
                          headers={"Location": location, "ETag": metadata_etag(attr)})

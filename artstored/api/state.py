@@ -22,7 +22,7 @@ class Services:
     started: bool = False         # recovery done, services built
     stopping: bool = False        # SIGTERM received: no new uploads
     startup_error: str | None = None
-    inflight_uploads: int = 0
+    inflight_requests: int = 0    # counted by the request-id middleware
     extras: dict = field(default_factory=dict)
 
     def require_ready(self) -> None:

@@ -1,0 +1,135 @@
+"""Start-up (probes during recovery), jobs, and a clean stop."""
+
+import os
+import threading
+import time
+
+from artstored.engine import Actor, Store, StoreConfig, UploadRequest
+from harness import Api, Daemon, multipart
+
+ALICE = Actor("cl_alice", "alice", "user")
+
+
+def _leave_pending_uploads(data_dir: str, count: int, size: int) -> None:
+    """Leave complete uploads behind as a crash would (intent recorded, files placed)."""
+    store = Store(StoreConfig(data_dir=data_dir))
+    block = os.urandom(1 << 20)
+    for i in range(count):
+        writer = store.begin_upload()
+        for _ in range(size >> 20):
+            writer.write(block)
+        writer.finish()
+        item = store.prepare_upload(writer, UploadRequest(f"big-{i}.bin"), ALICE)
+        store.committer._record_intents([item])
+        store.committer._place(item)
+    store.committer.stop()
+    store.env.close()
+    os.close(store._lock_fd)
+
+
+def test_probes_during_recovery(tmp_path):
+    data_dir = str(tmp_path / "node")
+    _leave_pending_uploads(data_dir, count=4, size=256 << 20)
+    d = Daemon(data_dir).start(wait=False)
+    try:
+        api = Api(d.port)
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                live = api.get("/health/live").status
+                startup = api.get("/health/startup").status
+                ready = api.get("/health/ready")
+            except OSError:
+                time.sleep(0.01)
+                continue
+            seen.append((live, startup, ready.status))
+            if ready.status == 200:
+                break
+            # Before recovery is done the API refuses politely too.
+            r = api.get("/api/v1/files")
+            assert r.status == 503 and r.problem["code"] == "not_ready"
+            time.sleep(0.01)
+        assert seen[0] == (200, 503, 503), seen[:3]
+        assert seen[-1][2] == 200
+        assert api.get("/health/startup").status == 200
+        element = d.api().get("/api/v1/element").json()
+        assert element["recovery"]["rolled_forward"] == 4 and element["files"] == 4
+    finally:
+        d.kill()
+
+
+def test_sigterm_lets_an_upload_finish_and_exits_0(daemon):
+    api = daemon.api()
+    data = os.urandom(8 << 20)
+    body, ctype = multipart(content=data, filename="slow.bin")
+    result = {}
+
+    def slow_upload():
+        conn = api.connection()
+        conn.putrequest("POST", "/api/v1/files")
+        conn.putheader("Authorization", f"Bearer {api.token}")
+        conn.putheader("Content-Type", ctype)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders()
+        for i in range(0, len(body), 256 << 10):
+            conn.send(body[i:i + (256 << 10)])
+            time.sleep(0.02)
+            if i == 0:
+                started.set()
+        resp = conn.getresponse()
+        result["status"] = resp.status
+        resp.read()
+        conn.close()
+
+    started = threading.Event()
+    t = threading.Thread(target=slow_upload)
+    t.start()
+    started.wait(10)
+    time.sleep(0.1)
+    assert daemon.stop() == 0
+    t.join(30)
+    assert result["status"] == 201
+    daemon.start()
+    items = daemon.api().get("/api/v1/files").json()["items"]
+    assert [i["original_filename"] for i in items] == ["slow.bin"]
+    lines = daemon.log_lines()
+    assert any('"stopped"' in line for line in lines)
+
+
+def test_gc_and_rebuild_jobs(daemon):
+    api = daemon.api()
+    api.upload_ok(b"x", "x.txt")
+    for kind in ("gc", "rebuild"):
+        r = api.request("POST", f"/api/v1/element/{kind}")
+        assert r.status == 202, r.body
+        job = r.json()
+        assert r.headers["location"] == f"/api/v1/jobs/{job['job_id']}"
+        deadline = time.monotonic() + 30
+        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = api.get(r.headers["location"]).json()
+        assert job["state"] == "succeeded", job
+        if kind == "gc":
+            assert job["report"]["removed"] == 0
+        else:
+            assert job["report"]["files"] == 1
+    r = api.get("/api/v1/jobs/job_nonexistent")
+    assert r.status == 404 and r.problem["code"] == "job_not_found"
+
+
+def test_unknown_routes_and_methods_are_problems(daemon):
+    api = daemon.api()
+    r = api.get("/api/v1/nothing-here")
+    assert r.status == 404 and r.problem["code"] == "not_found"
+    r = api.request("PUT", "/api/v1/files")
+    assert r.status == 405 and r.problem["code"] == "method_not_allowed"
+
+
+def test_request_id_is_echoed_and_logged(daemon):
+    api = daemon.api()
+    r = api.get("/api/v1/files", headers={"X-Request-Id": "trace-me-123"})
+    assert r.headers["x-request-id"] == "trace-me-123"
+    assert api.get("/api/v1/files").headers["x-request-id"]
+    time.sleep(0.1)
+    assert any("trace-me-123" in line for line in daemon.log_lines())
