@@ -31,6 +31,10 @@ from .jobs import JobRunner
 
 log = logging.getLogger("artstored")
 
+# How much of a request body aiohttp buffers before it stops reading the socket: room for
+# the network to keep flowing while a worker thread hashes and writes the previous batch.
+READ_BUFSIZE = 2 << 20
+
 
 def store_config(cfg: C.Config) -> StoreConfig:
     return StoreConfig(
@@ -84,7 +88,7 @@ async def serve(cfg: C.Config) -> int:
         max_workers=32, thread_name_prefix="worker"))
     svc = Services(config=cfg)
     app = build_app(svc)
-    runner = web.AppRunner(app, access_log=None,
+    runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE,
                            shutdown_timeout=cfg["server.shutdown_grace_seconds"])
     await runner.setup()
     host, port = cfg.listen

@@ -63,43 +63,63 @@ def _prepare(store, data: bytes, name: str) -> PreparedUpload:
     return store.prepare_upload(writer, UploadRequest(name), ALICE)
 
 
-def test_crash_after_placing_rolls_forward(store):
-    """Intent recorded, files in objects/, no commit: complete → rolled forward."""
+def test_crash_before_commit_leaves_nothing(store):
+    """Staged and flushed, not committed: nobody was told, so nothing may remain."""
+    item = _prepare(store, b"early", "e.txt")
+    store.committer.stage([item])
+    store.committer.flush([item])
+    tmp_dir = item.writer.disk.tmp
+    assert len(os.listdir(tmp_dir)) == 2
+    store = reopen(store)
+    assert store.recovery_report["tmp_removed"] == 2
+    assert os.listdir(tmp_dir) == []
+    assert store.list()[0] == []
+    with store.env.read() as txn:
+        assert [r for r in W.read_from(txn, store.env, 0) if r["kind"] == "file.create"] == []
+    store.close()
+
+
+def test_crash_after_commit_finishes_the_move(store):
+    """Committed, still in tmp/: recovery moves it into objects/."""
     item = _prepare(store, b"complete", "c.txt")
-    store.committer._record_intents([item])
-    assert store.committer._place(item)
+    store.committer.stage([item])
+    store.committer.flush([item])
+    store.committer.commit_txn([item])
+    # Readers in this process find it already, in tmp/.
+    entry, f = store.open_content(item.entry.file_id)
+    assert f.read() == b"complete"
+    f.close()
     store = reopen(store)
     assert store.recovery_report["rolled_forward"] == 1
-    assert store.get(item.entry.file_id).attr["checksum_sha256"] == \
-        item.entry.attr["checksum_sha256"]
-    store.close()
-
-
-def test_crash_with_torn_sidecar_rolls_back(store):
-    item = _prepare(store, b"torn", "t.txt")
-    store.committer._record_intents([item])
-    assert store.committer._place(item)
-    data_path = store.content_path(item.entry)
-    with open(data_path + ".attr.json", "wb") as f:
-        f.write(item.attr_bytes[:50])   # as if the sidecar's blocks never reached the disk
-    store = reopen(store)
-    assert store.recovery_report["rolled_back"] == 1
-    assert not os.path.exists(data_path) and not os.path.exists(data_path + ".attr.json")
-    assert store.list()[0] == []
-    store.close()
-
-
-def test_crash_before_rename_rolls_back_and_cleans_tmp(store):
-    item = _prepare(store, b"early", "e.txt")
-    store.committer._record_intents([item])
-    tmp_dir = item.writer.disk.tmp
-    assert os.listdir(tmp_dir)
-    store = reopen(store)
-    assert store.recovery_report["rolled_back"] == 1
-    assert os.listdir(tmp_dir) == []
+    path = store.content_path(store.get(item.entry.file_id))
+    with open(path, "rb") as f:
+        assert f.read() == b"complete"
+    assert os.path.exists(path + ".attr.json")
+    assert os.listdir(item.writer.disk.tmp) == []
     with store.env.read() as txn:
-        last = W.read_from(txn, store.env, 0)[-1]
-    assert last["kind"] == "file.create" and last["state"] == "ROLLED_BACK"
+        assert W.intents(txn, store.env) == []
+    store.close()
+
+
+def test_crash_halfway_through_the_move(store):
+    item = _prepare(store, b"half", "h.txt")
+    store.committer.stage([item])
+    store.committer.flush([item])
+    store.committer.commit_txn([item])
+    final = store.content_path(item.entry)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    os.rename(item.tmp_data, final)  # the data moved, its sidecar not yet
+    store = reopen(store)
+    assert store.recovery_report["rolled_forward"] == 1
+    assert os.path.exists(final) and os.path.exists(final + ".attr.json")
+    store.close()
+
+
+def test_clean_stop_leaves_no_intents(store):
+    store.ingest([b"a"], UploadRequest("a.txt"), ALICE)
+    store = reopen(store)
+    assert store.recovery_report == {"rolled_forward": 0, "rolled_back": 0, "unresolved": 0,
+                                     "tmp_removed": 0}
     store.close()
 
 

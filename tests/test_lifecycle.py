@@ -10,18 +10,18 @@ from harness import Api, Daemon, multipart
 ALICE = Actor("cl_alice", "alice", "user")
 
 
-def _leave_pending_uploads(data_dir: str, count: int, size: int) -> None:
-    """Leave complete uploads behind as a crash would (intent recorded, files placed)."""
+def _leave_pending_uploads(data_dir: str, count: int) -> None:
+    """Leave committed uploads behind as a crash would (still in tmp/, intents recorded)."""
     store = Store(StoreConfig(data_dir=data_dir))
-    block = os.urandom(1 << 20)
+    items = []
     for i in range(count):
         writer = store.begin_upload()
-        for _ in range(size >> 20):
-            writer.write(block)
+        writer.write(os.urandom(100))
         writer.finish()
-        item = store.prepare_upload(writer, UploadRequest(f"big-{i}.bin"), ALICE)
-        store.committer._record_intents([item])
-        store.committer._place(item)
+        items.append(store.prepare_upload(writer, UploadRequest(f"f-{i}.bin"), ALICE))
+    store.committer.stage(items)
+    store.committer.flush(items)
+    store.committer.commit_txn(items)
     store.committer.stop()
     store.env.close()
     os.close(store._lock_fd)
@@ -29,7 +29,7 @@ def _leave_pending_uploads(data_dir: str, count: int, size: int) -> None:
 
 def test_probes_during_recovery(tmp_path):
     data_dir = str(tmp_path / "node")
-    _leave_pending_uploads(data_dir, count=4, size=256 << 20)
+    _leave_pending_uploads(data_dir, count=400)
     d = Daemon(data_dir).start(wait=False)
     try:
         api = Api(d.port)
@@ -54,7 +54,7 @@ def test_probes_during_recovery(tmp_path):
         assert seen[-1][2] == 200
         assert api.get("/health/startup").status == 200
         element = d.api().get("/api/v1/element").json()
-        assert element["recovery"]["rolled_forward"] == 4 and element["files"] == 4
+        assert element["recovery"]["rolled_forward"] == 400 and element["files"] == 400
     finally:
         d.kill()
 

@@ -16,7 +16,7 @@ import urllib.parse
 
 from aiohttp import web
 
-from ..engine.errors import RangeNotSatisfiable, StoreCorrupt
+from ..engine.errors import PreconditionFailed, RangeNotSatisfiable, StoreCorrupt
 
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -90,7 +90,16 @@ class ContentResponse(web.StreamResponse):
             self._fobj.close()
 
 
-def build_response(request: web.Request, attr: dict, path: str) -> web.StreamResponse:
+def build_response(request: web.Request, attr: dict, fobj) -> web.StreamResponse:
+    """The response for ``fobj`` (an open data file, closed by the response or here)."""
+    try:
+        return _build(request, attr, fobj)
+    except BaseException:
+        fobj.close()
+        raise
+
+
+def _build(request: web.Request, attr: dict, fobj) -> web.StreamResponse:
     size = int(attr["file_size"])
     etag = etag_of(attr)
     headers = {
@@ -105,11 +114,12 @@ def build_response(request: web.Request, attr: dict, path: str) -> web.StreamRes
     }
     inm = request.headers.get("If-None-Match")
     if inm and _tag_matches(inm, etag):
+        fobj.close()
         return web.Response(status=304, headers={"ETag": etag,
                                                  "Cache-Control": headers["Cache-Control"]})
     im = request.headers.get("If-Match")
     if im and not _tag_matches(im, etag):
-        return web.Response(status=412, headers={"ETag": etag})
+        raise PreconditionFailed("the content's ETag does not match If-Match")
     span = None
     if_range = request.headers.get("If-Range")
     if if_range is None or if_range.strip() == etag:
@@ -118,16 +128,12 @@ def build_response(request: web.Request, attr: dict, path: str) -> web.StreamRes
     if span is not None:
         status, offset, count = 206, span[0], span[1] - span[0] + 1
         headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
-    try:
-        fobj = open(path, "rb")
-    except FileNotFoundError:
-        raise StoreCorrupt(f"the content of file {attr['file_id']} is missing on disk") \
-            from None
     actual = os.fstat(fobj.fileno()).st_size
     if actual != size:
-        fobj.close()
         raise StoreCorrupt(f"file {attr['file_id']} has {actual} bytes on disk, "
                            f"{size} in its record")
+    if count and request.method != "HEAD":
+        os.posix_fadvise(fobj.fileno(), offset, count, os.POSIX_FADV_SEQUENTIAL)
     response = ContentResponse(fobj, offset, count, status=status, headers=headers)
     response.content_length = count
     return response

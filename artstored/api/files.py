@@ -72,8 +72,8 @@ async def get_file(request: web.Request) -> web.Response:
 @requires(R.USER, R.FILES_READ)
 async def download_file(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    entry, path = await blocking(svc.store.open_content, request.match_info["file_id"])
-    return await blocking(download.build_response, request, entry.attr, path)
+    entry, fobj = await blocking(svc.store.open_content, request.match_info["file_id"])
+    return await blocking(download.build_response, request, entry.attr, fobj)
 
 
 def _expected_version(request: web.Request) -> int | None:

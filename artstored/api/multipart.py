@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp.multipart import content_disposition_filename, parse_content_disposition
+import urllib.parse
 
 from ..engine.errors import BadRequest, ValidationError
 
@@ -31,6 +31,60 @@ class Part:
     filename: str | None
     content_type: str | None
     headers: dict[str, str]
+
+
+def parse_disposition(header: str) -> tuple[str, dict[str, str]]:
+    """(type, params) of a Content-Disposition header (RFC 6266, RFC 7578 §4.2).
+
+    Quoted values keep every character (only ``\\"`` and ``\\\\`` are unescaped): a
+    filename is recorded exactly as sent. ``name*=charset''value`` (RFC 8187) is decoded
+    and wins over ``name``. Raises BadRequest for a header that does not parse.
+    """
+    kind, sep, rest = header.partition(";")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while sep and i < n:
+        while i < n and rest[i] in " \t;":
+            i += 1
+        if i >= n:
+            break
+        eq = rest.find("=", i)
+        if eq < 0:
+            raise malformed(f"bad Content-Disposition parameter {rest[i:i + 40]!r}")
+        key = rest[i:eq].strip().lower()
+        i = eq + 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == '"':
+            out = []
+            i += 1
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n and rest[i + 1] in '"\\':
+                    i += 1
+                out.append(rest[i])
+                i += 1
+            if i >= n:
+                raise malformed("unterminated quoted string in Content-Disposition")
+            value = "".join(out)
+            i += 1
+        else:
+            end = rest.find(";", i)
+            end = n if end < 0 else end
+            value = rest[i:end].strip()
+            i = end
+        if key.endswith("*"):
+            charset, _, encoded = value.partition("'")
+            _, _, encoded = encoded.partition("'")
+            try:
+                value = urllib.parse.unquote(encoded, encoding=charset or "utf-8",
+                                             errors="strict")
+            except (LookupError, UnicodeDecodeError):
+                raise ValidationError(f"{key[:-1]} is not valid {charset or 'utf-8'}",
+                                      code="invalid_filename") from None
+        params[key] = value
+    for key in [k for k in params if k.endswith("*")]:
+        params[key[:-1]] = params.pop(key)
+    return kind.strip().lower(), params
 
 
 def boundary_of(content_type_header: str) -> bytes:
@@ -142,14 +196,14 @@ class MultipartStream:
         disposition = headers.get("content-disposition")
         if not disposition:
             raise malformed("a part has no Content-Disposition")
-        kind, params = parse_content_disposition(disposition)
+        kind, params = parse_disposition(disposition)
         if kind != "form-data" or not params.get("name"):
             raise malformed("a part is not form-data with a name")
         cte = headers.get("content-transfer-encoding", "binary").lower()
         if cte not in ("binary", "8bit", "7bit"):
             raise ValidationError(f"Content-Transfer-Encoding {cte} is not supported; "
                                   "send the bytes as they are", code="unsupported_encoding")
-        filename = content_disposition_filename(params, "filename")
+        filename = params.get("filename")
         if filename is not None and any("\udc80" <= c <= "\udcff" for c in filename):
             raise ValidationError("filename is not valid UTF-8", code="invalid_filename")
         return Part(name=params["name"], filename=filename,

@@ -90,6 +90,14 @@ class KeyRing:
                 out[entry["kid"]] = self.keys[entry["kid"]].verify_key
         return out
 
+    def accepts(self, kid: str, now: float) -> bool:
+        """Whether a token signed with ``kid`` may still be verified at ``now``."""
+        for entry in self.manifest["keys"]:
+            if entry["kid"] == kid:
+                until = entry.get("verify_until")
+                return until is None or until > now
+        return False
+
     def jwks(self) -> dict:
         keys = []
         for kid, vk in self.verifying_keys().items():

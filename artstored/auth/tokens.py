@@ -27,6 +27,7 @@ from .roles import RANK
 
 LEEWAY_SECONDS = 30
 MAX_TOKEN_BYTES = 8192
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class TokenService:
         self.keyring = keyring
         self.issuer = issuer
         self.ttl = ttl_seconds
+        # token -> (kid, Claims) of tokens whose signature verified: a client repeats its
+        # token for up to 30 minutes, and an Ed25519 verify costs more than the rest of a
+        # small request. Time claims and the key's validity are checked on every use.
+        self._verified: dict[str, tuple[str, Claims]] = {}
 
     def issue(self, *, sub: str, name: str, role: str, scopes: list[str],
               now: float | None = None, ttl: int | None = None) -> tuple[str, int]:
@@ -67,6 +72,9 @@ class TokenService:
 
     def verify(self, token: str, *, now: float | None = None) -> Claims:
         now = time.time() if now is None else now
+        cached = self._verified.get(token)
+        if cached is not None and self.keyring.accepts(cached[0], now):
+            return self._check_claims(cached[1].raw, now)
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthorized("token too long", code="token_malformed")
         parts = token.split(".")
@@ -94,7 +102,11 @@ class TokenService:
         except (nacl.exceptions.BadSignatureError, ValueError):
             raise Unauthorized("token signature does not verify", code="token_invalid") \
                 from None
-        return self._check_claims(claims, now)
+        checked = self._check_claims(claims, now)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (header["kid"], checked)
+        return checked
 
     def _check_claims(self, claims: dict, now: float) -> Claims:
         for name, kind in (("sub", str), ("role", str), ("scope", str), ("exp", int),

@@ -171,14 +171,21 @@ def ordered(attr: dict) -> dict:
 
 
 def encode(attr: dict) -> bytes:
-    """The bytes of attr.json; raises AttrTooLarge past 4 KiB."""
-    data = (json.dumps(ordered(attr), ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    """The bytes of attr.json (one field per line, nested values on their field's line);
+    raises AttrTooLarge past 4 KiB."""
+    # json.dumps with indent= runs the pure-Python encoder; this uses the C one per field.
+    lines = [f"  {_dumps(k)}: {_dumps(v)}" for k, v in ordered(attr).items()]
+    data = ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
     if len(data) > MAX_ATTR_BYTES:
         raise AttrTooLarge(
             f"attr.json would be {len(data)} bytes; at most {MAX_ATTR_BYTES} "
             "(shorten the description or custom_attributes)",
             size=len(data), limit=MAX_ATTR_BYTES)
     return data
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
 
 
 def migrate(attr: dict) -> dict:

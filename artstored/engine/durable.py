@@ -49,20 +49,18 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def write_unsynced(path: str, data: bytes, mode: int = 0o644) -> str:
-    """Write ``data`` to the temporary sibling of ``path`` without syncing or renaming it;
-    returns the temporary path. For batches that sync many files at once (group commit);
-    everyone else calls ``atomic_write``."""
-    tmp = temp_name_for(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        write_all(fd, data)
-    except BaseException:
-        os.close(fd)
-        _unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    return tmp
+def writev_all(fd: int, chunks) -> None:
+    """Write a list of buffers in order, with as few writev calls as the kernel allows."""
+    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    while views:
+        batch = views[:1024]  # IOV_MAX
+        written = os.writev(fd, batch)
+        while batch and written >= len(batch[0]):
+            written -= len(batch[0])
+            batch.pop(0)
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync_dir: bool = True) -> None:

@@ -1,19 +1,24 @@
 """Group commit: uploads that finish while a batch is being made durable join the next one.
 
-A batch costs two LMDB commits and one flush of the filesystem(s), however many uploads it
-holds:
+A batch costs one filesystem flush and one LMDB commit, however many uploads it holds:
 
-1. one transaction records a PENDING intent for every upload in the batch;
-2. each data file is renamed from ``tmp/`` into ``objects/…`` and its attr.json written
-   beside it (data files were already fdatasync'd by their uploader, in parallel);
-3. the sidecars and directory entries are flushed: one ``syncfs()`` per filesystem
-   (``sync_method="syncfs"``) or an fsync per sidecar and per directory (``"fsync"``);
-4. one transaction adds the catalog entries, appends the COMMITTED WAL records and drops
-   the intents.
+1. each upload's sidecar is written beside its data in ``tmp/``; small uploads arrive as
+   bytes in memory and their data file is written here too (so a small upload costs its
+   request no disk I/O at all); data files of 1 MiB or more were fdatasync'd by their own
+   uploader, in parallel;
+2. one flush makes every new file in ``tmp/`` durable — one ``syncfs()`` per filesystem, or
+   an fsync per file and directory (``sync_method="fsync"``) — and with them the renames of
+   the batch before (step 4), which is why step 3 may forget that batch's intents;
+3. one LMDB transaction adds the catalog entries, appends the COMMITTED WAL records, records
+   a ``file.place`` intent per upload ("move from tmp/ to objects/") and drops the intents
+   of the previous batch;
+4. data and sidecar are renamed into ``objects/…``; then the futures are resolved.
 
-Only then is each upload's future resolved: nobody is answered before their batch is
-durable. A crash at any point leaves PENDING intents that recovery resolves (roll forward
-if the files are complete, otherwise remove them).
+Nobody is answered before step 3 has committed: an acknowledged upload is in the catalog
+and its bytes are durable in ``tmp/`` or ``objects/``. A crash before step 3 leaves only
+files in ``tmp/`` (removed at start: nobody was told); after it, recovery finishes the
+renames the intents name. Readers in this process that race step 4 find the file through
+``placing()``.
 """
 
 from __future__ import annotations
@@ -31,28 +36,37 @@ from . import layout as L
 from . import modes as M
 from . import wal as W
 from .catalog import CatalogEntry
-from .ingest import UploadWriter
+from .ingest import BufferedUpload, UploadWriter
 
 log = logging.getLogger("artstored.engine.groupcommit")
 
 SYNC_METHODS = ("syncfs", "fsync")
+IDLE_SETTLE_SECONDS = 0.05
 
 
 @dataclass
 class PreparedUpload:
-    """An upload whose bytes are durable in ``tmp/`` and whose attr record is final."""
+    """An upload whose bytes are in ``tmp/`` and whose attr record is final."""
 
-    writer: UploadWriter
+    writer: UploadWriter | BufferedUpload
     entry: CatalogEntry
     attr_bytes: bytes
     actor: W.Actor
     future: Future = field(default_factory=Future)
     error: BaseException | None = None
 
+    @property
+    def tmp_data(self) -> str:
+        return self.writer.tmp_path
+
+    @property
+    def tmp_attr(self) -> str:
+        return self.writer.tmp_path + L.ATTR_SUFFIX
+
 
 @dataclass
 class CommitStats:
-    """What ``/metrics`` shows of the group commit (read without locking: counters only)."""
+    """What ``/metrics`` shows of the group commit (plain counters: read without locking)."""
 
     batches: int = 0
     uploads: int = 0
@@ -74,6 +88,10 @@ class CommitStats:
         del self.batch_sizes[:-1024]
 
 
+def place_intent(entry: CatalogEntry, tmp_data: str) -> dict:
+    return {"file_id": entry.file_id, "disk": entry.disk, "rel": entry.rel, "tmp": tmp_data}
+
+
 class GroupCommitter:
     """Owns one thread that commits batches of PreparedUploads. Submit from any thread."""
 
@@ -86,6 +104,11 @@ class GroupCommitter:
         self.stats = CommitStats()
         self._queue: queue.SimpleQueue[PreparedUpload | None] = queue.SimpleQueue()
         self._fsync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        # Placed by the last batch, not yet known durable: intent keys and their dirs.
+        self._placed_ops: list[bytes] = []
+        self._placed_dirs: set[str] = set()
+        # file_id -> tmp data path, while a committed file is between tmp/ and objects/.
+        self._placing: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._stopped = False
         self._thread.start()
@@ -100,20 +123,38 @@ class GroupCommitter:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    def placing(self, file_id: str) -> str | None:
+        """The tmp/ path of a committed file whose rename into objects/ is under way."""
+        return self._placing.get(file_id)
+
     def stop(self) -> None:
-        """Commit what is queued, then stop the thread."""
+        """Commit what is queued, make the last renames durable, stop the thread."""
         if self._stopped:
             return
         self._stopped = True
         self._queue.put(None)
         self._thread.join()
-        self._fsync_pool.shutdown()
+        try:
+            self._settle()
+        finally:
+            self._fsync_pool.shutdown()
 
     # --- the committer thread -------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                # Idle for a moment with renames not yet known durable: settle them, so an
+                # idle store holds no intents.
+                first = self._queue.get(timeout=IDLE_SETTLE_SECONDS if self._placed_ops
+                                        else None)
+            except queue.Empty:
+                try:
+                    with self.store.mode_lock:
+                        self._settle()
+                except Exception:
+                    log.exception("settling the last batch failed; recovery will")
+                continue
             batch = [] if first is None else [first]
             stop = first is None
             while len(batch) < self.max_batch:
@@ -139,119 +180,137 @@ class GroupCommitter:
                 return
 
     def _commit(self, batch: list[PreparedUpload]) -> None:
-        store = self.store
-        with store.mode_lock:
+        with self.store.mode_lock:
             try:
-                M.require(store.mode, M.UPLOAD)
-                self._record_intents(batch)
+                M.require(self.store.mode, M.UPLOAD)
             except BaseException as exc:
                 for item in batch:
                     self._fail(item, exc)
-                    item.future.set_exception(exc)
                 return
-            live = [item for item in batch if self._place(item)]
-            try:
-                if live:
-                    self._flush(live)
-                self._record_outcomes(batch)
-            except BaseException as exc:
-                # Not committed: take the files away again and close the intents, so that
-                # nothing the client was not told about appears later.
-                log.error("committing a batch of %d failed: %s", len(batch), exc)
-                for item in live:
-                    self._unplace(item)
-                    self._fail(item, exc)
-                self._close_intents_after_failure(batch)
-                raise
-        store.notify_committed()
+            live = self.stage(batch)
+            if live:
+                try:
+                    self.flush(live)
+                    self.commit_txn(live)
+                except BaseException as exc:
+                    # Nothing committed: nobody may be told, and the tmp files go.
+                    for item in live:
+                        self._fail(item, exc)
+                    raise
+                self.place(live)
+        self.store.notify_committed()
         for item in batch:
             if item.error is None:
                 item.future.set_result(item.entry.attr)
-            elif not item.future.done():
-                item.future.set_exception(item.error)
         self.stats.failed += sum(1 for item in batch if item.error is not None)
 
-    def _record_outcomes(self, batch: list[PreparedUpload]) -> None:
-        env = self.store.env
-        with env.write() as txn:
-            for item in batch:
-                if item.error is None:
-                    catalog.put(txn, env, item.entry)
-                    W.append(txn, env, W.FILE_CREATE, item.actor, file_id=item.entry.file_id,
-                             data={"attr": item.entry.attr, "disk": item.entry.disk,
-                                   "rel": item.entry.rel})
-                else:
-                    W.append(txn, env, W.FILE_CREATE, item.actor, state=W.ROLLED_BACK,
-                             file_id=item.entry.file_id,
-                             data={"error": type(item.error).__name__})
-                W.drop_intent(txn, env, ids.file_id_key(item.entry.file_id))
+    # The steps, public so that tests can stop between them as a crash would.
 
-    def _close_intents_after_failure(self, batch: list[PreparedUpload]) -> None:
-        env = self.store.env
-        try:
-            with env.write() as txn:
-                for item in batch:
-                    W.append(txn, env, W.FILE_CREATE, item.actor, state=W.ROLLED_BACK,
-                             file_id=item.entry.file_id, data={"error": "batch failed"})
-                    W.drop_intent(txn, env, ids.file_id_key(item.entry.file_id))
-        except Exception:
-            # Recovery at the next start finds the intents and, the files being gone,
-            # rolls them back.
-            log.exception("cannot record the rollback; recovery will at next start")
-
-    def _record_intents(self, batch: list[PreparedUpload]) -> None:
-        env = self.store.env
-        with env.write() as txn:
-            for item in batch:
-                W.put_intent(txn, env, ids.file_id_key(item.entry.file_id), W.FILE_CREATE,
-                             item.actor, file_id=item.entry.file_id, disk=item.entry.disk,
-                             rel=item.entry.rel, tmp=item.writer.tmp_path,
-                             size=item.entry.size, sha256=item.entry.attr["checksum_sha256"])
-
-    def _place(self, item: PreparedUpload) -> bool:
-        """Move the data into objects/ and write its sidecar (not yet flushed)."""
-        disk = self.store.disks.get(item.entry.disk)
-        data_path = disk.data_path(item.entry.rel)
-        try:
-            durable.makedirs_durable(os.path.dirname(data_path), disk.objects)
-            os.rename(item.writer.tmp_path, data_path)
-            attr_path = data_path + L.ATTR_SUFFIX
-            tmp = durable.write_unsynced(attr_path, item.attr_bytes)
-            os.rename(tmp, attr_path)
-            return True
-        except OSError as exc:
-            log.error("placing %s failed: %s", item.entry.file_id, exc)
-            self._unplace(item)
-            self._fail(item, exc)
-            return False
-
-    def _unplace(self, item: PreparedUpload) -> None:
-        disk = self.store.disks.get(item.entry.disk)
-        data_path = disk.data_path(item.entry.rel)
-        for path in (data_path + L.ATTR_SUFFIX, durable.temp_name_for(data_path + L.ATTR_SUFFIX),
-                     data_path, item.writer.tmp_path):
+    def stage(self, batch: list[PreparedUpload]) -> list[PreparedUpload]:
+        """Step 1: write each sidecar (and the data of buffered small uploads) in tmp/.
+        Returns the uploads that made it (the others are failed and cleaned up)."""
+        live = []
+        for item in batch:
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:  # reported; recovery will retry at next start
-                log.error("cannot remove %s: %s", path, exc)
+                item.writer.materialize()
+                fd = os.open(item.tmp_attr, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o644)
+                try:
+                    durable.write_all(fd, item.attr_bytes)
+                finally:
+                    os.close(fd)
+                live.append(item)
+            except OSError as exc:
+                log.error("staging %s failed: %s", item.entry.file_id, exc)
+                self._fail(item, exc)
+        return live
 
-    def _flush(self, live: list[PreparedUpload]) -> None:
+    def flush(self, live: list[PreparedUpload]) -> None:
+        """Step 2: make the staged files, and the previous batch's renames, durable."""
         disks = {self.store.disks.get(item.entry.disk) for item in live}
         if self.sync_method == "syncfs":
-            for dev_root in {d.dev: d.objects for d in disks}.values():
-                durable.syncfs(dev_root)
+            roots = {d.dev: d.tmp for d in disks}
+            for path in self._placed_dirs:
+                roots.setdefault(os.stat(path).st_dev, path)
+            for root in roots.values():
+                durable.syncfs(root)
+        else:
+            files = [i.tmp_attr for i in live]
+            files += [i.tmp_data for i in live if not i.writer.synced]
+            dirs = {d.tmp for d in disks} | self._placed_dirs
+            list(self._fsync_pool.map(_fsync_path, files))
+            list(self._fsync_pool.map(durable.fsync_dir, dirs))
+        self._placed_dirs = set()
+
+    def commit_txn(self, live: list[PreparedUpload]) -> None:
+        """Step 3: the one LMDB transaction; durable when it returns."""
+        for item in live:  # before the commit, so no reader sees the entry without it
+            self._placing[item.entry.file_id] = item.tmp_data
+        try:
+            self._write_txn(live)
+        except BaseException:
+            for item in live:
+                self._placing.pop(item.entry.file_id, None)
+            raise
+        self._placed_ops = []
+
+    def _write_txn(self, live: list[PreparedUpload]) -> None:
+        env = self.store.env
+        with env.write() as txn:
+            for item in live:
+                catalog.put(txn, env, item.entry)
+                W.append(txn, env, W.FILE_CREATE, item.actor, file_id=item.entry.file_id,
+                         data={"attr": item.entry.attr, "disk": item.entry.disk,
+                               "rel": item.entry.rel})
+                W.put_intent(txn, env, ids.file_id_key(item.entry.file_id), W.FILE_PLACE,
+                             item.actor, **place_intent(item.entry, item.tmp_data))
+            for op in self._placed_ops:
+                W.drop_intent(txn, env, op)
+
+    def place(self, live: list[PreparedUpload]) -> None:
+        """Step 4: rename into objects/. A failure here is logged, not returned: the upload
+        is committed, and recovery retries the rename from its intent at the next start."""
+        for item in live:
+            disk = self.store.disks.get(item.entry.disk)
+            data_path = disk.data_path(item.entry.rel)
+            try:
+                durable.makedirs_durable(os.path.dirname(data_path), disk.objects)
+                os.rename(item.tmp_data, data_path)
+                os.rename(item.tmp_attr, data_path + L.ATTR_SUFFIX)
+            except OSError as exc:
+                log.error("moving %s into objects/ failed (recovery retries it): %s",
+                          item.entry.file_id, exc)
+                continue
+            self._placing.pop(item.entry.file_id, None)
+            self._placed_ops.append(ids.file_id_key(item.entry.file_id))
+            self._placed_dirs.add(os.path.dirname(data_path))
+
+    def _settle(self) -> None:
+        """Make the last renames durable and drop their intents (at a clean stop)."""
+        if not self._placed_ops:
             return
-        paths = [self.store.disks.get(i.entry.disk).data_path(i.entry.rel) + L.ATTR_SUFFIX
-                 for i in live]
-        dirs = {os.path.dirname(p) for p in paths}
-        list(self._fsync_pool.map(_fsync_path, paths))
-        list(self._fsync_pool.map(durable.fsync_dir, dirs))
+        if self.sync_method == "syncfs":
+            for root in {os.stat(p).st_dev: p for p in self._placed_dirs}.values():
+                durable.syncfs(root)
+        else:
+            for path in self._placed_dirs:
+                durable.fsync_dir(path)
+        env = self.store.env
+        with env.write() as txn:
+            for op in self._placed_ops:
+                W.drop_intent(txn, env, op)
+        self._placed_ops = []
+        self._placed_dirs = set()
 
     def _fail(self, item: PreparedUpload, exc: BaseException) -> None:
         item.error = exc
         item.writer.abort()
+        try:
+            os.unlink(item.tmp_attr)
+        except FileNotFoundError:
+            pass
+        if not item.future.done():
+            item.future.set_exception(exc)
 
 
 def _fsync_path(path: str) -> None:

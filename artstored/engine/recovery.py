@@ -1,8 +1,7 @@
 """Resolving PENDING intents at start, before anything is served.
 
-- ``file.create``: roll forward when the data file is complete (size and SHA-256 match the
-  intent) and its attr.json decodes to the same file; otherwise remove whatever reached the
-  disk and record ROLLED_BACK.
+- ``file.place``: the upload is committed; finish moving its data and sidecar from tmp/
+  into objects/ (each rename is atomic, so each file is at one place or the other).
 - ``file.update``: the sidecar was replaced atomically, so it holds either the old or the
   new version: roll forward if it is the new one, else roll back.
 - ``file.delete``: always roll forward (the removal was asked for and is idempotent).
@@ -22,7 +21,7 @@ from . import layout as L
 from . import wal as W
 from .catalog import CatalogEntry
 from .errors import StoreCorrupt
-from .objectfiles import hash_file, remove_object_files
+from .objectfiles import remove_object_files
 
 log = logging.getLogger("artstored.engine.recovery")
 
@@ -36,8 +35,8 @@ def recover(store) -> dict:
     for op_id, intent in pending:
         kind = intent.get("kind")
         try:
-            if kind == W.FILE_CREATE:
-                outcome = _resolve_create(store, op_id, intent)
+            if kind == W.FILE_PLACE:
+                outcome = _resolve_place(store, op_id, intent)
             elif kind == W.FILE_UPDATE:
                 outcome = _resolve_update(store, op_id, intent)
             elif kind == W.FILE_DELETE:
@@ -80,35 +79,22 @@ def _read_attr(path: str) -> dict | None:
         return None
 
 
-def _resolve_create(store, op_id: bytes, intent: dict) -> str:
+def _resolve_place(store, op_id: bytes, intent: dict) -> str:
     disk = store.disks.get(intent["disk"])
     data_path = disk.data_path(intent["rel"])
-    attr_path = data_path + L.ATTR_SUFFIX
-    attr = _read_attr(attr_path)
-    complete = (
-        attr is not None
-        and attr.get("file_id") == intent["file_id"]
-        and attr.get("checksum_sha256") == intent["sha256"]
-        and os.path.isfile(data_path)
-        and hash_file(data_path) == (intent["size"], intent["sha256"])
-    )
-    if complete:
-        durable.fsync_dir(os.path.dirname(data_path))
-        entry = CatalogEntry(attr=attr, disk=disk.disk_id, rel=intent["rel"])
-        _finish(store, op_id, intent, state=W.COMMITTED,
-                data={"attr": attr, "disk": disk.disk_id, "rel": intent["rel"],
-                      "recovered": True}, put=entry)
-        return "rolled_forward"
-    for path in (attr_path, durable.temp_name_for(attr_path), data_path, intent.get("tmp")):
-        if path:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-    if os.path.isdir(os.path.dirname(data_path)):
-        durable.fsync_dir(os.path.dirname(data_path))
-    _finish(store, op_id, intent, state=W.ROLLED_BACK, data={"recovered": True})
-    return "rolled_back"
+    moves = ((intent["tmp"], data_path), (intent["tmp"] + L.ATTR_SUFFIX,
+                                          data_path + L.ATTR_SUFFIX))
+    durable.makedirs_durable(os.path.dirname(data_path), disk.objects)
+    for src, dst in moves:
+        if os.path.exists(src):
+            os.rename(src, dst)
+        elif not os.path.exists(dst):
+            raise StoreCorrupt(f"committed file {intent['file_id']}: neither {src} nor {dst} "
+                               "exists")
+    durable.fsync_dir(os.path.dirname(data_path))
+    with store.env.write() as txn:
+        W.drop_intent(txn, store.env, op_id)
+    return "rolled_forward"
 
 
 def _resolve_update(store, op_id: bytes, intent: dict) -> str:

@@ -23,9 +23,9 @@ from . import wal as W
 from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
-                     StoreLocked, UploadTooLarge, ValidationError)
+                     StoreCorrupt, StoreLocked, UploadTooLarge, ValidationError)
 from .groupcommit import GroupCommitter, PreparedUpload
-from .ingest import UploadWriter
+from .ingest import BufferedUpload, UploadWriter
 from .lmdb_schema import DEFAULT_MAP_SIZE, META_ELEMENT, Env
 from .node import NodeIdentity
 from .objectfiles import remove_object_files
@@ -239,12 +239,23 @@ class Store:
         durable (or to the error, the files removed)."""
         return self.committer.submit(prepared)
 
+    def prepare_buffered(self, chunks, request: UploadRequest,
+                         actor: W.Actor) -> PreparedUpload:
+        """A PreparedUpload for content already in memory: no disk I/O here (the group commit
+        writes it with its batch), so an event loop may call it directly. Raises what
+        ``begin_upload`` and ``prepare_upload`` raise."""
+        self.require(M.UPLOAD)
+        chunks = list(chunks)
+        size = sum(len(c) for c in chunks)
+        disk, usable = self.disks.choose(size)
+        upload = BufferedUpload(self.disks, disk, usable, self.config.max_upload_bytes, chunks)
+        return self.prepare_upload(upload, request, actor)
+
     def ingest(self, chunks, request: UploadRequest, actor: W.Actor) -> dict:
         """Blocking upload of an iterable of byte chunks; returns the attr record."""
         writer = self.begin_upload()
         try:
-            for chunk in chunks:
-                writer.write(chunk)
+            writer.write_many(list(chunks))
             writer.finish()
             prepared = self.prepare_upload(writer, request, actor)
         except BaseException:
@@ -265,11 +276,24 @@ class Store:
     def content_path(self, entry: CatalogEntry) -> str:
         return self.disks.get(entry.disk).data_path(entry.rel)
 
-    def open_content(self, file_id: str) -> tuple[CatalogEntry, str]:
-        """(entry, path of the data file); ModeNotAllowed in ``ar`` (content offline)."""
+    def open_content(self, file_id: str):
+        """(entry, the data file opened for reading); the caller closes it.
+
+        ModeNotAllowed in ``ar`` (content offline); FileNotFound; StoreCorrupt if the
+        catalog has the file and the disk does not. A file committed a moment ago may still
+        be on its way from tmp/ into objects/: it is found at either place.
+        """
         self.require(M.READ_CONTENT)
         entry = self.get(file_id)
-        return entry, self.content_path(entry)
+        final = self.content_path(entry)
+        for path in (final, self.committer.placing(file_id), final):
+            if path is None:
+                continue
+            try:
+                return entry, open(path, "rb")
+            except FileNotFoundError:
+                continue
+        raise StoreCorrupt(f"the content of file {file_id} is missing on disk")
 
     def list(self, *, limit: int = 100, cursor: str | None = None,
              order: str = catalog.DESC) -> tuple[list[dict], str | None]:

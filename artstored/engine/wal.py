@@ -32,6 +32,7 @@ PENDING, COMMITTED, ROLLED_BACK = "PENDING", "COMMITTED", "ROLLED_BACK"
 STATE_TRANSITIONS = {PENDING: (COMMITTED, ROLLED_BACK), COMMITTED: (), ROLLED_BACK: ()}
 
 FILE_CREATE = "file.create"
+FILE_PLACE = "file.place"      # intent only: a committed upload's move from tmp/ to objects/
 FILE_UPDATE = "file.update"
 FILE_DELETE = "file.delete"
 ELEMENT_MODE = "element.mode"

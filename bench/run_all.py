@@ -1,0 +1,82 @@
+"""``make bench``: run every benchmark, print a table of ratios, save JSON.
+
+    python -m bench.run_all [--quick] [--work DIR]
+
+Every figure is a ratio against a reference measured in the same run on the same disk, so
+results from different machines or days compare by their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+
+from . import core
+
+GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
+         "ratio_vs_loop": 1.0}
+
+
+def _row(name: str, ours: float, ref: float, ratio: float, goal: float | None,
+         unit: str) -> str:
+    verdict = "" if goal is None else ("meets" if ratio >= goal else "BELOW") + f" {goal}"
+    return f"{name:<38} {ours:>10.1f} {unit:<5} {ref:>10.1f} {unit:<5} {ratio:>6.2f}  {verdict}"
+
+
+def report(results: dict) -> str:
+    large, small = results["core"]["large"], results["core"]["small"]
+    lines = [f"{'benchmark':<38} {'artstore':>16} {'reference':>16} {'ratio':>6}  goal",
+             _row("1 GiB upload vs bare aiohttp sink", large["upload_MBps"],
+                  large["sink_MBps"], large["upload_ratio"], GOALS["upload_ratio"], "MB/s")]
+    if "download_cold_MBps" in large:
+        lines.append(_row("1 GiB download vs direct read (cold)", large["download_cold_MBps"],
+                          large["direct_cold_MBps"], large["download_cold_ratio"],
+                          GOALS["download_cold_ratio"], "MB/s"))
+    lines.append(_row("1 GiB download vs direct read (warm)", large["download_warm_MBps"],
+                      large["direct_warm_MBps"], large["download_warm_ratio"], None, "MB/s"))
+    lines.append(_row("4 KiB uploads x16 vs python fsync loop", small["store_per_s"],
+                      small["python_loop_per_s"], small["ratio_vs_loop"],
+                      GOALS["ratio_vs_loop"], "op/s"))
+    lines.append(_row("4 KiB uploads x16 vs aiohttp fsync sink", small["store_per_s"],
+                      small["sink_per_s"], small["ratio_vs_sink"], None, "op/s"))
+    lines.append(f"4 KiB upload latency x16: p50 {small['store_p50_ms']:.1f} ms, "
+                 f"p99 {small['store_p99_ms']:.1f} ms; daemon RSS {large['daemon_rss_MiB']:.0f} MiB")
+    lines.append(f"measured on: {results['core']['filesystem']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench.run_all")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the suite runs")
+    p.add_argument("--work", default=os.path.join(os.getcwd(), "bench", "work"),
+                   help="scratch directory on the disk under test")
+    p.add_argument("--out", default=os.path.join(os.getcwd(), "bench", "results"))
+    p.add_argument("--sync-method", choices=("syncfs", "fsync"))
+    args = p.parse_args(argv)
+    shutil.rmtree(args.work, ignore_errors=True)
+    if args.quick:
+        params = {"size": 32 << 20, "repeats": 1, "small_count": 200}
+    else:
+        params = {"size": 1 << 30, "repeats": 3, "small_count": 4000}
+    try:
+        results = {"core": core.run(os.path.join(args.work, "core"),
+                                    sync_method=args.sync_method, **params)}
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
+    results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                       "host": platform.node(), "cpus": os.cpu_count(), "quick": args.quick,
+                       "params": params, "sync_method": args.sync_method or "default"}
+    print(report(results))
+    os.makedirs(args.out, exist_ok=True)
+    name = datetime.date.today().isoformat() + ("-quick" if args.quick else "") + ".json"
+    with open(os.path.join(args.out, name), "w") as f:
+        json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
