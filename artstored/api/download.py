@@ -67,6 +67,12 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
 
 
+# sendfile in slices of this size, asking the kernel to read the next slice ahead while the
+# current one goes out: a cold file then streams at the disk's sequential speed instead of
+# the default readahead's (128 KiB requests).
+SLICE_BYTES = 16 << 20
+
+
 class ContentResponse(web.StreamResponse):
     """Sends a byte range of an open file with sendfile; closes the file when done."""
 
@@ -83,7 +89,15 @@ class ContentResponse(web.StreamResponse):
                 transport = request.transport
                 if transport is None:
                     raise ConnectionResetError("client went away")
-                await request._loop.sendfile(transport, self._fobj, self._offset, self._count)
+                fd = self._fobj.fileno()
+                offset, end = self._offset, self._offset + self._count
+                while offset < end:
+                    n = min(SLICE_BYTES, end - offset)
+                    if offset + n < end:
+                        os.posix_fadvise(fd, offset + n, min(SLICE_BYTES, end - offset - n),
+                                         os.POSIX_FADV_WILLNEED)
+                    await request._loop.sendfile(transport, self._fobj, offset, n)
+                    offset += n
                 await super().write_eof()
             return writer
         finally:
@@ -133,7 +147,8 @@ def _build(request: web.Request, attr: dict, fobj) -> web.StreamResponse:
         raise StoreCorrupt(f"file {attr['file_id']} has {actual} bytes on disk, "
                            f"{size} in its record")
     if count and request.method != "HEAD":
-        os.posix_fadvise(fobj.fileno(), offset, count, os.POSIX_FADV_SEQUENTIAL)
+        os.posix_fadvise(fobj.fileno(), offset, min(count, SLICE_BYTES),
+                         os.POSIX_FADV_WILLNEED)
     response = ContentResponse(fobj, offset, count, status=status, headers=headers)
     response.content_length = count
     return response
