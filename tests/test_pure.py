@@ -255,3 +255,22 @@ def test_config_env_error_names_the_variable():
     with pytest.raises(C.ConfigError) as info:
         C.load(None, env={"ARTSTORE_AUTH_TOKEN_TTL_SECONDS": "soon"})
     assert "ARTSTORE_AUTH_TOKEN_TTL_SECONDS" in str(info.value)
+
+
+def test_capacity_thresholds_take_the_smaller_of_percent_and_bytes():
+    from artstored.engine.disks import GB, thresholds_for
+
+    rw = thresholds_for("rw")
+    big = 100_000 * GB  # 100 TB: the byte thresholds are the smaller ones
+    assert rw.status(big, 200 * GB) == "ok"
+    assert rw.status(big, 150 * GB) == "warning"
+    assert rw.status(big, 80 * GB) == "critical"
+    assert rw.status(big, 20 * GB) == "full"
+    small = 100 * GB  # 100 GB: the percentages are the smaller ones
+    assert rw.status(small, 16 * GB) == "ok"
+    assert rw.status(small, 15 * GB) == "warning"
+    assert rw.status(small, 8 * GB) == "critical"
+    assert rw.status(small, 2 * GB) == "full"
+    assert rw.reserve(small) == 2 * GB
+    edit = thresholds_for("edit")
+    assert edit.status(big, 100 * GB) == "warning" and edit.status(big, 10 * GB) == "full"
