@@ -27,6 +27,8 @@ from .auth.tokens import TokenService
 from .engine import retention
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
+from .index.follower import IndexFollower
+from .index.search import SearchService
 from .jobs import JobRunner
 
 log = logging.getLogger("artstored")
@@ -61,12 +63,24 @@ def open_services(svc: Services) -> None:
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
         svc.accounts.ensure_initial_admin(store.data_dir)
         svc.jobs = JobRunner()
+        svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"))
+        svc.search = SearchService(svc.index)
+        svc.index.start()
     except BaseException:
+        if svc.index is not None:
+            svc.index.stop()
         store.close()
         raise
     svc.store = store
     log.info("store open: mode %s, recovery %s", store.mode, store.recovery_report,
              extra={"node_id": store.node.node_id})
+
+
+def close_services(svc: Services) -> None:
+    """Blocking: stop the index follower, then commit what is queued and close the store."""
+    if svc.index is not None:
+        svc.index.stop()
+    svc.store.close()
 
 
 async def _gc_loop(svc: Services) -> None:
@@ -122,7 +136,7 @@ async def serve(cfg: C.Config) -> int:
         await opener
     await _drain(svc, site, runner, cfg["server.shutdown_grace_seconds"])
     if svc.store is not None:
-        await loop.run_in_executor(None, svc.store.close)
+        await loop.run_in_executor(None, close_services, svc)
     log.info("stopped")
     return 0
 

@@ -145,13 +145,13 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def build_app(svc: Services) -> web.Application:
-    from . import accounts, auth_routes, element, files, health
+    from . import accounts, auth_routes, element, files, health, search
 
     app = web.Application(
         middlewares=[request_id_middleware, problem_middleware, auth_middleware],
         client_max_size=svc.config["server.client_max_fields_bytes"],
     )
     app[SERVICES] = svc
-    for module in (health, auth_routes, files, element, accounts):
+    for module in (health, auth_routes, files, element, accounts, search):
         module.add_routes(app.router)
     return app

@@ -34,7 +34,7 @@ def element_info(svc) -> dict:
         "group_commit": {"batches": committer.batches, "uploads": committer.uploads,
                          "largest_batch": committer.largest_batch,
                          "queue_depth": store.committer.queue_depth()},
-        "index_lag": None,
+        "index_lag": svc.index.lag() if svc.index is not None else None,
         "recovery": store.recovery_report,
     }
 
@@ -84,6 +84,13 @@ async def start_rebuild(request: web.Request) -> web.Response:
                                                        actor=actor))
 
 
+@requires(R.OPERATOR, R.STORAGE_WRITE)
+async def start_reindex(request: web.Request) -> web.Response:
+    svc = services(request)
+    return _start_job(request, "reindex",
+                      lambda progress: svc.index.reindex(progress=progress))
+
+
 @requires(R.OPERATOR, R.STORAGE_READ)
 async def get_job(request: web.Request) -> web.Response:
     job = services(request).jobs.get(request.match_info["job_id"])
@@ -98,4 +105,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_put("/api/v1/element/mode", put_mode)
     router.add_post("/api/v1/element/gc", start_gc)
     router.add_post("/api/v1/element/rebuild", start_rebuild)
+    router.add_post("/api/v1/element/reindex", start_reindex)
     router.add_get("/api/v1/jobs/{job_id}", get_job)

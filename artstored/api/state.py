@@ -19,6 +19,8 @@ class Services:
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
     jobs: object = None           # artstored.jobs.JobRunner
+    index: object = None          # artstored.index.follower.IndexFollower
+    search: object = None         # artstored.index.search.SearchService
     started: bool = False         # recovery done, services built
     stopping: bool = False        # SIGTERM received: no new uploads
     startup_error: str | None = None

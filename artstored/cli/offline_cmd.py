@@ -36,6 +36,21 @@ def cmd_rebuild(args) -> int:
     return 0
 
 
+def cmd_reindex(args) -> int:
+    import os
+
+    from ..index.follower import IndexFollower
+
+    with open_store(args) as store:
+        follower = IndexFollower(store, os.path.join(store.data_dir, "index"))
+        try:
+            report = follower.reindex()
+        finally:
+            follower.stop()
+    emit(args, report, lambda r: f"index rebuilt: {r['files']} files in {r['seconds']} s")
+    return 0
+
+
 def add_offline_options(parser) -> None:
     add_json_option(parser)
     parser.add_argument("--data-dir", help="data directory (default: from the config)")
@@ -48,3 +63,7 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="also re-hash every file and leave out those that do not match")
     p.set_defaults(func=cmd_rebuild)
+
+    p = sub.add_parser("reindex", help="rebuild the search index from the catalog (offline)")
+    add_offline_options(p)
+    p.set_defaults(func=cmd_reindex)

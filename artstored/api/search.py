@@ -1,0 +1,91 @@
+"""``GET /api/v1/search``: full-text query plus filters, sorted, paged, with snippets.
+
+Parameters: ``q`` (Tantivy syntax), ``created_from``, ``created_to`` (ISO 8601),
+``content_type``, ``created_by``, ``size_min``, ``size_max``, ``attr.<key>=<value>`` (exact),
+``sort`` (``relevance`` | ``created_at``), ``order`` (``desc`` | ``asc``), ``limit`` (1-1000,
+default 20), ``cursor``. Answer: ``{"items": [attr + score + snippets], "next_cursor",
+"total_hits"}``. Records come from the catalog, so they are always current; a hit whose file
+was deleted a moment ago is left out.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..auth import roles as R
+from ..engine import catalog
+from ..engine import modes as M
+from ..engine.errors import BadRequest
+from ..index.search import SearchRequest, parse_time_param
+from .app import requires
+from .responses import json_response
+from .state import blocking, services
+
+MAX_LIMIT = 1000
+PARAMS = {"q", "created_from", "created_to", "content_type", "created_by", "size_min",
+          "size_max", "sort", "order", "limit", "cursor"}
+
+
+def _int_param(name: str, value: str, low: int, high: int, code: str) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise BadRequest(f"{name} must be a whole number {low}-{high}", code=code)
+    return int(value)
+
+
+def parse_request(query) -> SearchRequest:
+    req = SearchRequest()
+    for name, value in query.items():
+        if name.startswith("attr."):
+            req.attrs[name[5:]] = value
+        elif name not in PARAMS:
+            raise BadRequest(f"unknown parameter {name[:60]!r}", code="invalid_parameter")
+    req.q = query.get("q", "")
+    if "created_from" in query:
+        req.created_from = parse_time_param("created_from", query["created_from"])
+    if "created_to" in query:
+        req.created_to = parse_time_param("created_to", query["created_to"])
+    req.content_type = query.get("content_type") or None
+    req.created_by = query.get("created_by") or None
+    if "size_min" in query:
+        req.size_min = _int_param("size_min", query["size_min"], 0, 2 ** 63, "invalid_filter")
+    if "size_max" in query:
+        req.size_max = _int_param("size_max", query["size_max"], 0, 2 ** 63, "invalid_filter")
+    req.sort = query.get("sort") or None
+    req.order = query.get("order", "desc")
+    if "limit" in query:
+        req.limit = _int_param("limit", query["limit"], 1, MAX_LIMIT, "invalid_limit")
+    req.cursor = query.get("cursor") or None
+    return req
+
+
+def run_search(svc, req: SearchRequest) -> dict:
+    page = svc.search.search(req)
+    attrs: dict[str, dict] = {}
+    with svc.store.env.read() as txn:
+        for hit in page.hits:
+            entry = catalog.get(txn, svc.store.env, hit.file_id)
+            if entry is not None:
+                attrs[hit.file_id] = entry.attr
+    snippets = svc.search.snippets(page, attrs)
+    items = []
+    for hit in page.hits:
+        attr = attrs.get(hit.file_id)
+        if attr is None:
+            continue
+        item = dict(attr)
+        item["score"] = hit.score
+        item["snippets"] = snippets.get(hit.file_id, {})
+        items.append(item)
+    return {"items": items, "next_cursor": page.next_cursor, "total_hits": page.total}
+
+
+@requires(R.USER, R.FILES_READ)
+async def search(request: web.Request) -> web.Response:
+    svc = services(request)
+    svc.store.require(M.READ_METADATA)
+    req = parse_request(request.query)
+    return json_response(await blocking(run_search, svc, req))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/search", search)
