@@ -29,6 +29,10 @@ def _texts(value) -> list[str]:
     return [str(value)]
 
 
+def to_us(moment: datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000 + moment.microsecond
+
+
 def created_datetime(attr: dict) -> datetime:
     return A.parse_time(attr["created_at"]).astimezone(timezone.utc)
 
@@ -52,7 +56,9 @@ def file_document(attr: dict) -> tantivy.Document:
         if creator:
             doc.add_text("creator", creator)
     doc.add_text("retention", attr.get("retention_policy") or "permanent")
-    doc.add_date("created_at", created_datetime(attr))
+    created = created_datetime(attr)
+    doc.add_date("created_at", created)
+    doc.add_integer("created_us", to_us(created))
     doc.add_unsigned("size", int(attr.get("file_size") or 0))
     doc.add_integer("order_key", order_key(attr["file_id"]))
     return doc

@@ -220,4 +220,5 @@ class IndexFollower:
 
     def count(self) -> int:
         searcher = self.searcher()
-        return searcher.search(tantivy.Query.term_query(self.schema, "kind", KIND_FILE), 0).count
+        # limit 0 makes tantivy panic ("Limit must be greater than 0").
+        return searcher.search(tantivy.Query.term_query(self.schema, "kind", KIND_FILE), 1).count

@@ -120,11 +120,11 @@ class SearchService:
     def filters(self, req: SearchRequest) -> list[tantivy.Query]:
         out = [self._term("kind", KIND_FILE)]
         if req.created_from or req.created_to:
+            # [created_from, created_to): from inclusive, to exclusive.
             out.append(tantivy.Query.range_query(
-                self.schema, "created_at", tantivy.FieldType.Date,
-                req.created_from or datetime(1970, 1, 1, tzinfo=timezone.utc),
-                req.created_to or datetime(9999, 1, 1, tzinfo=timezone.utc),
-                include_lower=True, include_upper=req.created_to is None))
+                self.schema, "created_us", tantivy.FieldType.Integer,
+                D.to_us(req.created_from) if req.created_from else -(2 ** 63),
+                D.to_us(req.created_to) - 1 if req.created_to else 2 ** 63 - 1))
         if req.content_type:
             out.append(self._term("content_type_exact", req.content_type.strip().lower()))
         if req.created_by:
@@ -184,7 +184,7 @@ class SearchService:
         result = searcher.search(query, req.limit + 1, count=not req.cursor,
                                  order_by_field="order_key", order=order)
         total = result.count if not req.cursor else \
-            searcher.search(self._combined(req), 0, count=True).count
+            searcher.search(self._combined(req), 1, count=True).count
         hits = [Hit(_file_id(searcher, addr), None, addr) for _, addr in result.hits]
         more = len(hits) > req.limit
         hits = hits[: req.limit]

@@ -7,6 +7,7 @@ rather than served unauthenticated, and a test walks the route table to keep it 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -98,7 +99,11 @@ async def problem_middleware(request: web.Request, handler):
         if exc.status < 400:
             raise
         response = problems.from_http_exception(exc)
-    except Exception:
+    except BaseException as exc:
+        # BaseException: a Rust panic in a native library (pyo3's PanicException) is one.
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit,
+                            GeneratorExit)):
+            raise
         log.exception("unhandled error on %s %s", request.method, request.path,
                       extra={"request_id": request.get(REQUEST_ID)})
         response = problems.problem(500, "internal_error", "Internal error",
