@@ -147,10 +147,12 @@ class Server:
                 return os.path.join(dirpath, attr["storage_filename"])
         raise FileNotFoundError(attr["storage_filename"])
 
-    def rss(self) -> int:
+    def rss(self, field: str = "VmRSS") -> int:
+        """Resident bytes; ``RssAnon`` leaves out file-backed pages (LMDB's and the
+        index's memory maps, which the kernel can drop at will)."""
         with open(f"/proc/{self.proc.pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
         return 0
 

@@ -15,10 +15,12 @@ import os
 import platform
 import shutil
 
-from . import core
+from . import core, search
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
+SEARCH_GOALS = {"module_p99_ms": 5.0, "api_p99_ms": 20.0, "api_over_module_p99": 3.0,
+                "bulk_index_per_s": 20_000, "index_bytes_per_record": 400}
 
 
 def _row(name: str, ours: float, ref: float, ratio: float, goal: float | None,
@@ -46,6 +48,21 @@ def report(results: dict) -> str:
     lines.append(f"4 KiB upload latency x16: p50 {small['store_p50_ms']:.1f} ms, "
                  f"p99 {small['store_p99_ms']:.1f} ms; daemon RSS {large['daemon_rss_MiB']:.0f} MiB")
     lines.append(f"measured on: {results['core']['filesystem']}")
+    for s in results.get("search", []):
+        lines.append("")
+        lines.append(f"search at {s['records']:,} records (goals at 1,000,000):")
+        lines.append(
+            f"  bulk index {s['bulk_index_per_s']:,.0f} records/s (goal >= 20,000); "
+            f"{s['index_bytes_per_record']:.0f} bytes/record (goal <= 400)")
+        lines.append(
+            f"  module p50 {s['module_p50_ms']:.2f} ms p99 {s['module_p99_ms']:.2f} ms (goal <= 5); "
+            f"API p50 {s['api_p50_ms']:.2f} ms p99 {s['api_p99_ms']:.2f} ms (goal <= 20); "
+            f"API/module p99 {s['api_over_module_p99']:.2f} (goal <= 3)")
+        kinds = ", ".join(f"{k} {v['p50']:.2f}/{v['p99']:.2f}"
+                          for k, v in s["module_by_kind_ms"].items())
+        lines.append(f"  module p50/p99 ms by kind: {kinds}")
+        lines.append(f"  daemon RSS {s['daemon_rss_MiB']:.0f} MiB "
+                     f"(anonymous {s['daemon_rss_anon_MiB']:.0f} MiB; the rest is mapped files)")
     return "\n".join(lines)
 
 
@@ -60,11 +77,15 @@ def main(argv=None) -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     if args.quick:
         params = {"size": 32 << 20, "repeats": 1, "small_count": 200}
+        search_sizes = [2000]
     else:
         params = {"size": 1 << 30, "repeats": 3, "small_count": 4000}
+        search_sizes = [100_000, 1_000_000]
     try:
         results = {"core": core.run(os.path.join(args.work, "core"),
                                     sync_method=args.sync_method, **params)}
+        results["search"] = [search.run(os.path.join(args.work, "search"), n)
+                             for n in search_sizes]
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import tantivy
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ANALYZER = "artstore_text"
 
 DEFAULT_FIELDS = ["filename", "description", "attr_text", "content_type"]
@@ -66,7 +66,7 @@ def build_schema() -> tantivy.Schema:
     sb.add_text_field("retention", tokenizer_name="raw")
     sb.add_date_field("created_at", indexed=True)
     # Tantivy dates are indexed to the second: filters use microseconds.
-    sb.add_integer_field("created_us", indexed=True)
+    sb.add_integer_field("created_us", fast=True, indexed=True)
     sb.add_unsigned_field("size", fast=True, indexed=True)
     # Creation order as one integer (the UUIDv7's timestamp and sequence bits): sorts and
     # pages by created_at without ties.

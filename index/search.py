@@ -72,6 +72,19 @@ class SearchPage:
     query: tantivy.Query
 
 
+_AND_NOT = re.compile(r"\bAND\s+NOT\s+")
+
+
+def normalize_query(text: str) -> str:
+    """``a AND NOT b`` as ``a AND -b``, outside quoted phrases.
+
+    Tantivy parses ``a AND NOT b`` as ``+a +(NOT b)``, and a clause made only of NOT matches
+    nothing, so the query would find nothing at all; ``-b`` excludes as the user meant.
+    """
+    parts = re.split(r'("(?:[^"\\]|\\.)*")', text)
+    return "".join(p if i % 2 else _AND_NOT.sub("AND -", p) for i, p in enumerate(parts))
+
+
 def parse_time_param(name: str, value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -96,6 +109,7 @@ class SearchService:
     def user_query(self, text: str) -> tantivy.Query:
         if not text.strip():
             return tantivy.Query.all_query()
+        text = normalize_query(text)
         try:
             return self.follower.index.parse_query(text, DEFAULT_FIELDS,
                                                    field_boosts=FIELD_BOOSTS)
@@ -118,7 +132,9 @@ class SearchService:
         return tantivy.Query.term_query(self.schema, field_name, value)
 
     def filters(self, req: SearchRequest) -> list[tantivy.Query]:
-        out = [self._term("kind", KIND_FILE)]
+        # Only an empty query matches the state document (it has no text): intersecting
+        # every query with kind:file would cost a pass over every document.
+        out = [] if req.q.strip() else [self._term("kind", KIND_FILE)]
         if req.created_from or req.created_to:
             # [created_from, created_to): from inclusive, to exclusive.
             out.append(tantivy.Query.range_query(

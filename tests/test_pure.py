@@ -274,3 +274,13 @@ def test_capacity_thresholds_take_the_smaller_of_percent_and_bytes():
     assert rw.reserve(small) == 2 * GB
     edit = thresholds_for("edit")
     assert edit.status(big, 100 * GB) == "warning" and edit.status(big, 10 * GB) == "full"
+
+
+def test_and_not_is_rewritten_outside_phrases():
+    from artstored.index.search import normalize_query
+
+    assert normalize_query("a AND NOT b") == "a AND -b"
+    assert normalize_query("a AND NOT (b OR c)") == "a AND -(b OR c)"
+    assert normalize_query('"x AND NOT y" AND NOT z') == '"x AND NOT y" AND -z'
+    assert normalize_query('"a \\" AND NOT b" AND NOT c') == '"a \\" AND NOT b" AND -c'
+    assert normalize_query("BRAND NOTE") == "BRAND NOTE"

@@ -100,6 +100,9 @@ def test_custom_attributes(api, corpus):
     assert files["invoice"]["file_id"] in exact and files["report"]["file_id"] not in exact
     assert files["report"]["file_id"] in ids(search(api, **{"attr.year": "2024"}))
     assert files["report"]["file_id"] in ids(search(api, q="invoice AND attr.department:finance"))
+    # AND NOT excludes (Tantivy alone would match nothing).
+    not_sales = ids(search(api, q="документ AND NOT attr.department:sales"))
+    assert files["report"]["file_id"] in not_sales and files["sales"]["file_id"] not in not_sales
     # A plain word finds attribute values too.
     assert files["invoice"]["file_id"] in ids(search(api, q="ромашка"))
 
