@@ -181,19 +181,10 @@ def time_module(data_dir: str, mix: list[dict]) -> tuple[float, float, dict]:
     """p50, p99 in ms of SearchService.search over the mix, and per query kind (in this
     process, read-only: the index opened as the FUSE mount would)."""
     from artstored.api.search import parse_request
-    from artstored.index.schema import build_schema, open_index
+    from artstored.index.reader import open_reader
     from artstored.index.search import SearchService
 
-    class Reader:  # the follower's reading half, without a writer
-        def __init__(self, path):
-            self.schema = build_schema()
-            self.index = open_index(path, self.schema)
-            self.index.reload()
-
-        def searcher(self):
-            return self.index.searcher()
-
-    service = SearchService(Reader(os.path.join(data_dir, "index")))
+    service = SearchService(open_reader(os.path.join(data_dir, "index")))
     for params in mix[:50]:
         service.search(parse_request(params))
     samples = []

@@ -266,15 +266,13 @@ def test_cursor_walk_while_uploads_go_on(make_daemon, sort, order):
 
 def _index_state_seq(data_dir: str) -> int:
     """The WAL sequence the index on disk has applied (read with Tantivy directly)."""
-    from artstored.index.follower import IndexFollower  # noqa: F401 (schema import)
-    from artstored.index.schema import build_schema, open_index
     import tantivy
 
-    schema = build_schema()
-    index = open_index(os.path.join(data_dir, "index"), schema)
-    index.reload()
-    searcher = index.searcher()
-    hits = searcher.search(tantivy.Query.term_query(schema, "kind", "state"), 1).hits
+    from artstored.index.reader import open_reader
+
+    reader = open_reader(os.path.join(data_dir, "index"))
+    searcher = reader.searcher()
+    hits = searcher.search(tantivy.Query.term_query(reader.schema, "kind", "state"), 1).hits
     return int(searcher.doc(hits[0][1])["wal_seq"][0]) if hits else 0
 
 

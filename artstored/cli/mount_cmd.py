@@ -1,0 +1,37 @@
+"""``artstore mount [--data-dir DIR] MOUNTPOINT``: the read-only FUSE view, in the foreground."""
+
+from __future__ import annotations
+
+import os
+
+from .. import config as C
+from .. import logs
+from .common import UsageError
+
+
+def cmd_mount(args) -> int:
+    from ..fuse.mount import run
+
+    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} if args.data_dir \
+        else {}
+    try:
+        cfg = C.load(args.config, overrides=overrides)
+    except C.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if not os.path.isdir(args.mountpoint):
+        raise UsageError(f"{args.mountpoint}: not a directory")
+    if not os.path.isdir(os.path.join(cfg.data_dir, "store.lmdb")):
+        raise UsageError(f"{cfg.data_dir}: no ArtStore data directory (no store.lmdb)")
+    logs.setup(cfg["log.level"])
+    return run(cfg.data_dir, args.mountpoint,
+               disk_roots=[os.path.abspath(d) for d in cfg["storage.disks"]] or None,
+               debug=args.debug)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mount", help="mount the archive read-only (FUSE), in the foreground")
+    p.add_argument("mountpoint")
+    p.add_argument("--data-dir", help="data directory (default: from the config)")
+    p.add_argument("--config", help="config file (for the data directory and disk roots)")
+    p.add_argument("--debug", action="store_true", help="log every FUSE request")
+    p.set_defaults(func=cmd_mount)

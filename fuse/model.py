@@ -1,0 +1,497 @@
+"""The archive as a read-only tree: what ``artstore mount`` shows, without FUSE.
+
+::
+
+    README                          what this tree is
+    by-id/<file_id><.ext>           every file
+    by-date/YYYY/MM/DD/<name>       by creation day (UTC); clashing names get " [xxxxxxxx]"
+                                    (the id's last 8 hex digits) before the extension, the
+                                    oldest file keeping the plain name
+    search/<query>/<name>           the hits of a query (Tantivy syntax), best first
+
+It reads LMDB (read-only transactions; each sees the latest commit) and the data files
+directly: no daemon needed, and a daemon never waits on it. Inode numbers are derived from
+what they name (a file's id, a directory's path), so they are stable across remounts, and a
+file has the same inode under by-id/, by-date/ and search/ (st_nlink 2).
+
+Errors are FsError carrying an errno; the pyfuse3 adapter turns them into FUSEError.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import threading
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import lmdb
+import xxhash
+
+from ..engine import attrs as A
+from ..engine import catalog, ids
+from ..engine import layout as L
+from ..engine import lmdb_schema as S
+from ..engine import modes as M
+from ..engine import wal as W
+from ..engine.catalog import CatalogEntry
+from ..engine.disks import ID_FILE
+from ..engine.errors import BadRequest
+from ..index.reader import open_reader
+from ..index.search import SearchRequest, SearchService
+
+ROOT_INO = 1
+FILE_BIT = 1 << 63
+NAME_MAX = 255
+SEARCH_LIMIT = 1000
+SEARCH_CACHE_SECONDS = 2.0
+# Reading a file of an ``ar`` element: its content is offline.
+ARCHIVED_ERRNO = errno.ENOMEDIUM
+
+DIR, FILE, TEXT = "dir", "file", "text"
+
+README = """ArtStore archive (read-only)
+
+by-id/<file_id><.ext>          every file, by its id
+by-date/YYYY/MM/DD/<name>      by creation day (UTC), under its original name; when two
+                               files of a day share a name, the later one gets " [xxxxxxxx]"
+                               (the last 8 hex digits of its id) before the extension
+search/<query>/                the hits of a query, best first, e.g.
+                               ls 'search/invoice AND attr.department:finance'
+
+Extended attributes (getfattr -d FILE) carry the metadata: user.artstore.file_id, .sha256,
+.content_type, .description, .created_by, .created_at, .retention, .expires_at, .mode,
+.version, .original_filename, and user.artstore.attr.<key> for each custom attribute.
+
+Nothing here can be changed (EROFS). In an element in mode 'ar' the content is offline:
+reading a file fails with ENOMEDIUM ("No medium found"); metadata stays readable.
+"""
+
+SEARCH_README = """search/<query>/ lists the files matching <query> (Tantivy syntax: words,
+"phrases", AND/OR/NOT, field:value, attr.<key>:value, size:[1000 TO *]), best first, at
+most 1000. A malformed query gives EINVAL.
+"""
+
+
+class FsError(Exception):
+    def __init__(self, err: int, detail: str = ""):
+        self.errno = err
+        super().__init__(detail or os.strerror(err))
+
+
+@dataclass(frozen=True)
+class Node:
+    ino: int
+    kind: str       # DIR, FILE or TEXT
+    role: str       # root, by-id, by-date, year, month, day, search, query, readme, file
+    key: tuple = ()
+
+
+@dataclass(frozen=True)
+class Stat:
+    ino: int
+    mode: int
+    size: int
+    nlink: int
+    mtime_ns: int
+
+
+def dir_ino(path: str) -> int:
+    return (xxhash.xxh64_intdigest(b"dir:" + path.encode("utf-8")) & ~FILE_BIT) | 2
+
+
+def file_ino(file_id: str) -> int:
+    return xxhash.xxh64_intdigest(uuid.UUID(file_id).bytes) | FILE_BIT
+
+
+def display_name(original: str) -> str:
+    """A name the kernel accepts for a file's original name: its last path part, controls
+    and NUL replaced, at most 255 bytes with the extension kept."""
+    base = re.split(r"[/\\]", original)[-1]
+    base = "".join("_" if unicodedata.category(c) in ("Cc", "Cs") else c for c in base)
+    if base.strip(".") == "":
+        base = "unnamed"
+    return fit_name(base)
+
+
+def fit_name(name: str, suffix: str = "") -> str:
+    stem, ext = L.split_extension(name)
+    budget = NAME_MAX - len((suffix + ext).encode("utf-8"))
+    return L.cut_utf8(stem, budget) + suffix + ext
+
+
+def unique_names(entries: list[CatalogEntry]) -> list[tuple[str, CatalogEntry]]:
+    """Names for a listing in creation order: the first holder of a name keeps it, later
+    ones get " [<last 8 hex digits of the id>]" before the extension."""
+    used: set[str] = set()
+    out = []
+    for entry in entries:
+        name = display_name(entry.attr.get("original_filename") or entry.file_id)
+        if name in used:
+            name = fit_name(name, f" [{entry.file_id.replace('-', '')[-8:]}]")
+        used.add(name)
+        out.append((name, entry))
+    return out
+
+
+def by_id_name(entry: CatalogEntry) -> str:
+    _, ext = L.split_extension(entry.attr.get("original_filename") or "")
+    return entry.file_id + ext
+
+
+def _ms_key(moment: datetime) -> bytes:
+    """The smallest catalog key (UUIDv7) created at or after ``moment``."""
+    ms = int(moment.timestamp() * 1000)
+    return max(0, ms).to_bytes(6, "big") + b"\x00" * 10
+
+
+def _day(attr: dict) -> tuple[int, int, int]:
+    moment = A.parse_time(attr["created_at"])
+    return moment.year, moment.month, moment.day
+
+
+class ArchiveModel:
+    """The tree over one data directory. Thread-safe for reading."""
+
+    def __init__(self, data_dir: str, disk_roots: list[str] | None = None):
+        self.data_dir = os.path.abspath(data_dir)
+        self.env = S.Env(os.path.join(self.data_dir, "store.lmdb"), readonly=True)
+        self.disks = self._find_disks(disk_roots)
+        self._nodes: dict[int, Node] = {}
+        self._lock = threading.Lock()
+        self._listing_cache: dict[tuple, tuple[object, list]] = {}
+        self._search = None
+        self._search_checked = -10.0
+        self._search_reloaded = 0.0
+        self.root = self._remember(Node(ROOT_INO, DIR, "root"))
+        self.readme = self._remember(Node(dir_ino("README"), TEXT, "readme"))
+        self.by_id = self._remember(Node(dir_ino("by-id"), DIR, "by-id"))
+        self.by_date = self._remember(Node(dir_ino("by-date"), DIR, "by-date"))
+        self.search_dir = self._remember(Node(dir_ino("search"), DIR, "search"))
+        self.search_readme = self._remember(Node(dir_ino("search/README"), TEXT,
+                                                 "search-readme"))
+        with self._read() as txn:
+            raw = txn.get(S.META_ELEMENT, db=self.env.db(S.DB_META))
+        element = W.unpack(raw) if raw else {}
+        created = element.get("created_at")
+        self.epoch_ns = int(A.parse_time(created).timestamp() * 1e9) if created else \
+            time.time_ns()
+
+    def close(self) -> None:
+        self.env.close()
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _find_disks(self, roots: list[str] | None) -> dict[str, str]:
+        if not roots:
+            base = os.path.join(self.data_dir, "disks")
+            roots = [os.path.join(base, d) for d in sorted(os.listdir(base))] \
+                if os.path.isdir(base) else []
+        out = {}
+        for root in roots:
+            try:
+                with open(os.path.join(root, ID_FILE)) as f:
+                    out[json.load(f)["disk_id"]] = root
+            except (OSError, ValueError, KeyError):
+                continue
+        return out
+
+    def _read(self):
+        """A read transaction on the newest commit (grows the map after the writer did)."""
+        try:
+            return self.env.env.begin()
+        except lmdb.MapResizedError:
+            self.env.env.set_mapsize(0)
+            return self.env.env.begin()
+
+    def _remember(self, node: Node) -> Node:
+        with self._lock:
+            self._nodes[node.ino] = node
+        return node
+
+    def node(self, ino: int) -> Node:
+        with self._lock:
+            node = self._nodes.get(ino)
+        if node is None:
+            raise FsError(errno.ENOENT, f"unknown inode {ino}")
+        return node
+
+    def forget(self, ino: int) -> None:
+        if ino in (ROOT_INO, self.readme.ino, self.by_id.ino, self.by_date.ino,
+                   self.search_dir.ino, self.search_readme.ino):
+            return
+        with self._lock:
+            self._nodes.pop(ino, None)
+
+    def wal_seq(self) -> int:
+        with self._read() as txn:
+            return W.head(txn, self.env)[0]
+
+    def mode(self) -> str:
+        with self._read() as txn:
+            raw = txn.get(S.META_ELEMENT, db=self.env.db(S.DB_META))
+        return W.unpack(raw)["mode"] if raw else M.RW
+
+    # --- entries ----------------------------------------------------------------------------
+
+    def entry(self, file_id: str) -> CatalogEntry:
+        with self._read() as txn:
+            found = catalog.get(txn, self.env, file_id)
+        if found is None:
+            raise FsError(errno.ENOENT, f"no file {file_id}")
+        return found
+
+    def _file_node(self, file_id: str) -> Node:
+        return self._remember(Node(file_ino(file_id), FILE, "file", (file_id,)))
+
+    def _entries_between(self, start: datetime, end: datetime) -> list[CatalogEntry]:
+        """Catalog entries whose id falls in [start, end) (a second of slack each side,
+        filtered by created_at by the caller)."""
+        lo = _ms_key(start - timedelta(seconds=1))
+        hi = _ms_key(end + timedelta(seconds=1))
+        out = []
+        with self._read() as txn:
+            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
+            if cur.set_range(lo):
+                for key, raw in cur:
+                    if bytes(key) >= hi:
+                        break
+                    out.append(CatalogEntry.decode(raw))
+        return out
+
+    def _any_between(self, start: datetime, end: datetime) -> bool:
+        with self._read() as txn:
+            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
+            return cur.set_range(_ms_key(start)) and bytes(cur.key()) < _ms_key(end)
+
+    def _year_span(self) -> tuple[int, int] | None:
+        with self._read() as txn:
+            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
+            if not cur.first():
+                return None
+            first = CatalogEntry.decode(cur.value()).attr
+            cur.last()
+            last = CatalogEntry.decode(cur.value()).attr
+        return _day(first)[0], _day(last)[0]
+
+    # --- the tree ---------------------------------------------------------------------------
+
+    def readdir(self, ino: int) -> list[tuple[str, Node]]:
+        """The entries of directory ``ino`` (without . and ..), in a stable order."""
+        node = self.node(ino)
+        if node.kind != DIR:
+            raise FsError(errno.ENOTDIR)
+        role = node.role
+        if role == "root":
+            return [("README", self.readme), ("by-date", self.by_date), ("by-id", self.by_id),
+                    ("search", self.search_dir)]
+        if role == "search":
+            return [("README", self.search_readme)]
+        if role == "by-id":
+            return self._by_id_listing()
+        if role in ("by-date", "year", "month"):
+            return self._date_dirs(node)
+        if role == "day":
+            return [(name, self._file_node(e.file_id)) for name, e in self._day_listing(*node.key)]
+        if role == "query":
+            return [(name, self._file_node(e.file_id)) for name, e in self._query_listing(node.key[0])]
+        raise FsError(errno.ENOTDIR)
+
+    def lookup(self, parent: int, name: str) -> Node:
+        node = self.node(parent)
+        if node.kind != DIR:
+            raise FsError(errno.ENOTDIR)
+        role = node.role
+        if role == "by-id":
+            file_id = name[:36]
+            if not ids.is_file_id(file_id):
+                raise FsError(errno.ENOENT)
+            entry = self.entry(file_id)
+            if by_id_name(entry) != name:
+                raise FsError(errno.ENOENT)
+            return self._file_node(file_id)
+        if role == "day":
+            for entry_name, entry in self._day_listing(*node.key):
+                if entry_name == name:
+                    return self._file_node(entry.file_id)
+            raise FsError(errno.ENOENT)
+        if role == "search" and name != "README":
+            if not name.strip():
+                raise FsError(errno.ENOENT)
+            self._query_listing(name)  # EINVAL now for a malformed query
+            return self._remember(Node(dir_ino("search/" + name), DIR, "query", (name,)))
+        for entry_name, child in self.readdir(parent):
+            if entry_name == name:
+                return child
+        raise FsError(errno.ENOENT)
+
+    def _by_id_listing(self) -> list[tuple[str, Node]]:
+        out = []
+        with self._read() as txn:
+            for entry in catalog.iterate(txn, self.env):
+                out.append((by_id_name(entry), self._file_node(entry.file_id)))
+        return out
+
+    def _date_dirs(self, node: Node) -> list[tuple[str, Node]]:
+        out = []
+        if node.role == "by-date":
+            span = self._year_span()
+            if span is None:
+                return []
+            for year in range(span[0], span[1] + 1):
+                if self._any_between(datetime(year, 1, 1, tzinfo=timezone.utc),
+                                     datetime(year + 1, 1, 1, tzinfo=timezone.utc)):
+                    out.append((f"{year:04d}", self._remember(
+                        Node(dir_ino(f"by-date/{year:04d}"), DIR, "year", (year,)))))
+        elif node.role == "year":
+            (year,) = node.key
+            for month in range(1, 13):
+                start = datetime(year, month, 1, tzinfo=timezone.utc)
+                end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+                if self._any_between(start, end):
+                    out.append((f"{month:02d}", self._remember(
+                        Node(dir_ino(f"by-date/{year:04d}/{month:02d}"), DIR, "month",
+                             (year, month)))))
+        else:
+            year, month = node.key
+            day = datetime(year, month, 1, tzinfo=timezone.utc)
+            while day.month == month:
+                if self._any_between(day, day + timedelta(days=1)):
+                    out.append((f"{day.day:02d}", self._remember(
+                        Node(dir_ino(f"by-date/{year:04d}/{month:02d}/{day.day:02d}"), DIR,
+                             "day", (year, month, day.day)))))
+                day += timedelta(days=1)
+        return out
+
+    def _day_listing(self, year: int, month: int, day: int) -> list[tuple[str, CatalogEntry]]:
+        version = self.wal_seq()
+        key = ("day", year, month, day)
+        cached = self._listing_cache.get(key)
+        if cached and cached[0] == version:
+            return cached[1]
+        start = datetime(year, month, day, tzinfo=timezone.utc)
+        entries = [e for e in self._entries_between(start, start + timedelta(days=1))
+                   if _day(e.attr) == (year, month, day)]
+        listing = unique_names(entries)
+        self._listing_cache[key] = (version, listing)
+        return listing
+
+    # --- search -----------------------------------------------------------------------------
+
+    def _searcher(self):
+        """The search service over the index, opened read-only (None while there is none);
+        reloaded at most twice a second to see the daemon's new commits."""
+        now = time.monotonic()
+        if self._search is None:
+            if now - self._search_checked < 5:
+                return None
+            self._search_checked = now
+            reader = open_reader(os.path.join(self.data_dir, "index"))
+            if reader is None:
+                return None
+            self._search = SearchService(reader)
+            self._search_reloaded = now
+        elif now - self._search_reloaded > 0.5:
+            self._search.follower.index.reload()
+            self._search_reloaded = now
+        return self._search
+
+    def _query_listing(self, query: str) -> list[tuple[str, CatalogEntry]]:
+        key = ("query", query)
+        cached = self._listing_cache.get(key)
+        if cached and time.monotonic() - cached[0] < SEARCH_CACHE_SECONDS:
+            return cached[1]
+        service = self._searcher()
+        if service is None:
+            return []
+        try:
+            page = service.search(SearchRequest(q=query, limit=SEARCH_LIMIT))
+        except BadRequest as exc:
+            raise FsError(errno.EINVAL, exc.detail) from None
+        entries = []
+        with self._read() as txn:
+            for hit in page.hits:
+                found = catalog.get(txn, self.env, hit.file_id)
+                if found is not None:
+                    entries.append(found)
+        listing = unique_names(entries)
+        self._listing_cache[key] = (time.monotonic(), listing)
+        return listing
+
+    # --- attributes and content ---------------------------------------------------------------
+
+    def stat(self, node: Node) -> Stat:
+        if node.kind == DIR:
+            return Stat(node.ino, stat.S_IFDIR | 0o555, 0, 2, self.epoch_ns)
+        if node.kind == TEXT:
+            size = len(self.text(node))
+            return Stat(node.ino, stat.S_IFREG | 0o444, size, 1, self.epoch_ns)
+        entry = self.entry(node.key[0])
+        created = int(A.parse_time(entry.attr["created_at"]).timestamp() * 1e9)
+        return Stat(node.ino, stat.S_IFREG | 0o444, entry.size, 2, created)
+
+    def text(self, node: Node) -> bytes:
+        return (README if node.role == "readme" else SEARCH_README).encode("utf-8")
+
+    def content_path(self, node: Node) -> str:
+        """The data file of a file node; FsError(ENOMEDIUM) if the element is archived."""
+        if node.kind != FILE:
+            raise FsError(errno.EISDIR if node.kind == DIR else errno.EINVAL)
+        if self.mode() == M.AR:
+            raise FsError(ARCHIVED_ERRNO, "the element is archived: its content is offline")
+        file_id = node.key[0]
+        entry = self.entry(file_id)
+        root = self.disks.get(entry.disk)
+        if root is None:
+            raise FsError(errno.EIO, f"disk {entry.disk} of {file_id} is not here")
+        path = os.path.join(root, L.OBJECTS, entry.rel)
+        if os.path.exists(path):
+            return path
+        # Committed a moment ago and still moving out of tmp/: its place intent says where.
+        with self._read() as txn:
+            raw = txn.get(ids.file_id_key(file_id), db=self.env.db(S.DB_PENDING))
+        if raw is not None and os.path.exists(W.unpack(raw).get("tmp", "")):
+            return W.unpack(raw)["tmp"]
+        return path
+
+    def xattrs(self, node: Node) -> dict[str, bytes]:
+        mode = self.mode()
+        if node.kind != FILE:
+            return {"user.artstore.mode": mode.encode()}
+        attr = self.entry(node.key[0]).attr
+        fields = {
+            "file_id": attr["file_id"], "sha256": attr.get("checksum_sha256"),
+            "content_type": attr.get("content_type"), "description": attr.get("description"),
+            "created_by": attr.get("created_by_username"),
+            "created_by_id": attr.get("created_by_id"), "created_at": attr.get("created_at"),
+            "original_filename": attr.get("original_filename"),
+            "size": str(attr.get("file_size")), "version": str(attr.get("version")),
+            "retention": attr.get("retention_policy"), "expires_at": attr.get("expires_at"),
+            "mode": mode, "archived": "yes" if mode == M.AR else "no",
+        }
+        out = {f"user.artstore.{k}": str(v).encode("utf-8") for k, v in fields.items()
+               if v not in (None, "")}
+        for key, value in (attr.get("custom_attributes") or {}).items():
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            out[f"user.artstore.attr.{key}"] = text.encode("utf-8")
+        return out
+
+    def statfs(self) -> dict:
+        total = free = 0
+        seen = set()
+        for root in self.disks.values():
+            st = os.statvfs(root)
+            if st.f_fsid in seen:
+                continue
+            seen.add(st.f_fsid)
+            total += st.f_blocks * st.f_frsize
+            free += st.f_bavail * st.f_frsize
+        with self._read() as txn:
+            files = catalog.stats(txn, self.env)["files"]
+        return {"total": total, "free": free, "files": files}

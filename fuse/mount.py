@@ -1,0 +1,71 @@
+"""``artstore mount``: run the read-only FUSE view in the foreground.
+
+It unmounts cleanly on SIGTERM, SIGINT or SIGHUP (the nursery is cancelled and
+``pyfuse3.close(unmount=True)`` runs in ``finally``) and when an operator runs
+``fusermount3 -u``; no stale mount is left behind. After mounting it raises the mount's
+read-ahead to 1 MiB (``/sys/class/bdi/<major>:<minor>/read_ahead_kb``), since the
+``max_read`` mount option breaks pyfuse3 3.5.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import pyfuse3
+import trio
+
+from .adapter import ArchiveFS
+from .model import ArchiveModel
+
+log = logging.getLogger("artstored.fuse")
+
+READ_AHEAD_KB = 1024
+
+
+def _raise_read_ahead(mountpoint: str) -> None:
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:  # not root, or no such bdi: reads still work, in smaller requests
+        log.warning("could not raise read-ahead (%s): %s", path, exc)
+
+
+async def _serve(mountpoint: str) -> None:
+    async with trio.open_nursery() as nursery:
+        async def fuse_loop():
+            await pyfuse3.main()          # returns when unmounted (fusermount3 -u)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(fuse_loop)
+        await trio.to_thread.run_sync(_raise_read_ahead, mountpoint)
+        log.info("mounted %s", mountpoint)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                log.info("signal %s: unmounting", signal.Signals(sig).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run(data_dir: str, mountpoint: str, *, disk_roots: list[str] | None = None,
+        allow_other: bool | None = None, debug: bool = False) -> int:
+    """Mount and serve until unmounted or signalled; returns an exit status."""
+    model = ArchiveModel(data_dir, disk_roots)
+    fs = ArchiveFS(model)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=artstore", "subtype=artstore", "ro", "noatime"}
+    if allow_other if allow_other is not None else os.getuid() == 0:
+        options.add("allow_other")
+    if debug:
+        options.add("debug")
+    pyfuse3.init(fs, mountpoint, options)
+    try:
+        trio.run(_serve, mountpoint)
+    finally:
+        pyfuse3.close(unmount=True)
+        model.close()
+        log.info("unmounted %s", mountpoint)
+    return 0
