@@ -159,9 +159,13 @@ def _day(attr: dict) -> tuple[int, int, int]:
 class ArchiveModel:
     """The tree over one data directory. Thread-safe for reading."""
 
-    def __init__(self, data_dir: str, disk_roots: list[str] | None = None):
+    def __init__(self, data_dir: str, disk_roots: list[str] | None = None, *,
+                 env: S.Env | None = None):
+        """``env``: an LMDB environment this process has open already (py-lmdb allows one
+        per process); by default the store's, opened read-only."""
         self.data_dir = os.path.abspath(data_dir)
-        self.env = S.Env(os.path.join(self.data_dir, "store.lmdb"), readonly=True)
+        self._own_env = env is None
+        self.env = env or S.Env(os.path.join(self.data_dir, "store.lmdb"), readonly=True)
         self.disks = self._find_disks(disk_roots)
         self._nodes: dict[int, Node] = {}
         self._lock = threading.Lock()
@@ -184,7 +188,8 @@ class ArchiveModel:
             time.time_ns()
 
     def close(self) -> None:
-        self.env.close()
+        if self._own_env:
+            self.env.close()
 
     # --- plumbing ---------------------------------------------------------------------------
 
