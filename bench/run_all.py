@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 
-from . import core, search
+from . import core, fuse, search
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -63,6 +63,20 @@ def report(results: dict) -> str:
         lines.append(f"  module p50/p99 ms by kind: {kinds}")
         lines.append(f"  daemon RSS {s['daemon_rss_MiB']:.0f} MiB "
                      f"(anonymous {s['daemon_rss_anon_MiB']:.0f} MiB; the rest is mapped files)")
+    f = results.get("fuse")
+    if f:
+        lines.append("")
+        lines.append("FUSE view:")
+        if "read_cold_ratio" in f:
+            lines.append(_row("  sequential read vs direct (cold)", f["read_cold_MBps"],
+                              f["direct_cold_MBps"], f["read_cold_ratio"], 0.8, "MB/s"))
+        lines.append(_row("  sequential read vs direct (warm)", f["read_warm_MBps"],
+                          f["direct_warm_MBps"], f["read_warm_ratio"], 0.75, "MB/s"))
+        lines.append(_row("  4 KiB random reads vs direct", f["random_4k_fuse_per_s"],
+                          f["random_4k_direct_per_s"], f["random_4k_ratio"], None, "op/s"))
+        lines.append(f"  ls -l of a 10,000-file directory {f['ls_l_10k_seconds']:.2f} s "
+                     f"(goal < 0.5); find by-id | wc -l over 100,000 files "
+                     f"{f['find_100k_seconds']:.2f} s (goal < 5)")
     return "\n".join(lines)
 
 
@@ -78,14 +92,19 @@ def main(argv=None) -> int:
     if args.quick:
         params = {"size": 32 << 20, "repeats": 1, "small_count": 200}
         search_sizes = [2000]
+        fuse_params = {"big": 16 << 20, "small_files": 50, "dir_files": 500,
+                       "tree_files": 2000}
     else:
         params = {"size": 1 << 30, "repeats": 3, "small_count": 4000}
         search_sizes = [100_000, 1_000_000]
+        fuse_params = {}
     try:
         results = {"core": core.run(os.path.join(args.work, "core"),
                                     sync_method=args.sync_method, **params)}
         results["search"] = [search.run(os.path.join(args.work, "search"), n)
                              for n in search_sizes]
+        results["fuse"] = fuse.run(os.path.join(args.work, "fuse"), **fuse_params)
+        results["fuse"]["params"] = fuse_params or "full"
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -287,6 +287,20 @@ class ArchiveModel:
 
     # --- the tree ---------------------------------------------------------------------------
 
+    def readdir_plus(self, ino: int) -> list[tuple[str, Node, Stat]]:
+        """``readdir`` with each entry's Stat, from the records the listing read anyway."""
+        node = self.node(ino)
+        if node.role == "day":
+            listing = self._day_listing(*node.key)
+        elif node.role == "query":
+            listing = self._query_listing(node.key[0])
+        elif node.role == "by-id":
+            with self._read() as txn:
+                listing = [(by_id_name(e), e) for e in catalog.iterate(txn, self.env)]
+        else:
+            return [(name, child, self.stat(child)) for name, child in self.readdir(ino)]
+        return [(name, self._file_node(e.file_id), self._file_stat(e)) for name, e in listing]
+
     def readdir(self, ino: int) -> list[tuple[str, Node]]:
         """The entries of directory ``ino`` (without . and ..), in a stable order."""
         node = self.node(ino)
@@ -337,11 +351,7 @@ class ArchiveModel:
         raise FsError(errno.ENOENT)
 
     def _by_id_listing(self) -> list[tuple[str, Node]]:
-        out = []
-        with self._read() as txn:
-            for entry in catalog.iterate(txn, self.env):
-                out.append((by_id_name(entry), self._file_node(entry.file_id)))
-        return out
+        return [(name, node) for name, node, _ in self.readdir_plus(self.by_id.ino)]
 
     def _date_dirs(self, node: Node) -> list[tuple[str, Node]]:
         out = []
@@ -437,9 +447,12 @@ class ArchiveModel:
         if node.kind == TEXT:
             size = len(self.text(node))
             return Stat(node.ino, stat.S_IFREG | 0o444, size, 1, self.epoch_ns)
-        entry = self.entry(node.key[0])
-        created = int(A.parse_time(entry.attr["created_at"]).timestamp() * 1e9)
-        return Stat(node.ino, stat.S_IFREG | 0o444, entry.size, 2, created)
+        return self._file_stat(self.entry(node.key[0]))
+
+    def _file_stat(self, entry: CatalogEntry) -> Stat:
+        created = A.parse_time(entry.attr["created_at"])
+        mtime_ns = int(created.timestamp()) * 1_000_000_000 + created.microsecond * 1000
+        return Stat(file_ino(entry.file_id), stat.S_IFREG | 0o444, entry.size, 2, mtime_ns)
 
     def text(self, node: Node) -> bytes:
         return (README if node.role == "readme" else SEARCH_README).encode("utf-8")

@@ -67,5 +67,6 @@ def run(data_dir: str, mountpoint: str, *, disk_roots: list[str] | None = None,
     finally:
         pyfuse3.close(unmount=True)
         model.close()
-        log.info("unmounted %s", mountpoint)
+        log.info("unmounted %s", mountpoint, extra={"ops": fs.counters.ops,
+                                                    "bytes_read": fs.counters.bytes_read})
     return 0

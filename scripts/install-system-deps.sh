@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ArtStore needs to build and test, only those missing.
 # fuse3/libfuse3-dev/pkg-config: pyfuse3 builds from source against libfuse3.
-# attr, rsync: the FUSE tests call getfattr and rsync. python3-venv/-dev, gcc: the venv
-# and C extensions on a machine whose python3 is Debian's own.
+# attr, rsync: the FUSE tests call getfattr and rsync. mandoc: the tests lint the man pages.
+# python3-venv/-dev, gcc: the venv and C extensions on a machine whose python3 is Debian's.
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
