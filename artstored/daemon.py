@@ -23,6 +23,7 @@ from .api.app import build_app
 from .api.state import Services
 from .auth.accounts import AccountStore
 from .auth.keys import KeyRing
+from .auth.throttle import LoginThrottle
 from .auth.tokens import TokenService
 from .engine import retention
 from .engine.errors import ArtStoreError
@@ -62,6 +63,7 @@ def open_services(svc: Services) -> None:
         svc.tokens = TokenService(keyring, issuer, cfg["auth.token_ttl_seconds"])
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
         svc.accounts.ensure_initial_admin(store.data_dir)
+        svc.throttle = LoginThrottle()
         svc.jobs = JobRunner()
         svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"))
         svc.search = SearchService(svc.index)

@@ -2,7 +2,23 @@ import os
 
 import pytest
 
-from harness import Daemon
+from harness import DAEMON_LOGS, ISSUED_SECRETS, Daemon
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log():
+    """After the whole run: grep everything every daemon logged for every secret and token
+    the tests were given. Fails the run (as a teardown error) if one is found."""
+    yield
+    leaks = []
+    for path in sorted(DAEMON_LOGS):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        leaks += [(path, s[:12] + "...") for s in ISSUED_SECRETS if s and s in text]
+    assert not leaks, f"secrets or tokens in daemon logs: {leaks[:5]}"
 
 
 @pytest.fixture

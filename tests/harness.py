@@ -19,6 +19,10 @@ import urllib.parse
 from dataclasses import dataclass
 
 BIN = os.path.dirname(sys.executable)
+
+# Every secret and token the tests were given: none may ever show up in a daemon's log.
+ISSUED_SECRETS: set[str] = set()
+DAEMON_LOGS: set[str] = set()
 ARTSTORED = os.path.join(BIN, "artstored")
 ARTSTORE = os.path.join(BIN, "artstore")
 
@@ -153,6 +157,8 @@ class Daemon:
         env = dict(os.environ)
         env.update({"ARTSTORE_DATA_DIR": self.data_dir, "ARTSTORE_LISTEN": f"127.0.0.1:{self.port}"})
         env.update(self.extra_env)
+        DAEMON_LOGS.add(self.log_path)
+        self._token = None  # the accounts may have changed (a rebuilt store has new ones)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([ARTSTORED, "--config", self._write_config()], env=env,
                                      stdout=log, stderr=log)
@@ -231,6 +237,8 @@ class Daemon:
                                    body=urllib.parse.urlencode(form).encode(),
                                    headers={"Content-Type": "application/x-www-form-urlencoded"})
         assert r.status == 200, r.body
+        ISSUED_SECRETS.add(secret)
+        ISSUED_SECRETS.add(r.json()["access_token"])
         return r.json()["access_token"]
 
     def admin_token(self) -> str:
@@ -247,6 +255,7 @@ class Daemon:
                                json_body={"name": name, "role": role})
         assert r.status == 201, r.body
         doc = r.json()
+        ISSUED_SECRETS.add(doc["client_secret"])
         return doc["client_id"], doc["client_secret"]
 
     def cli(self, *args: str, check: bool = False, input: bytes | None = None,

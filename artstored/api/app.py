@@ -141,6 +141,9 @@ async def auth_middleware(request: web.Request, handler):
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use the Bearer scheme", code="token_malformed")
     claims = svc.tokens.verify(token.strip())
+    if not svc.accounts.token_allowed(claims.sub, claims.gen, claims.jti):
+        raise Unauthorized("token has been revoked (or its account is not active)",
+                           code="token_revoked")
     role, scope = requirement
     if not R.permits(claims.role, claims.scopes, role, scope):
         raise Forbidden(f"needs role {role}" + (f" and scope {scope}" if scope else ""),
@@ -150,13 +153,13 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def build_app(svc: Services) -> web.Application:
-    from . import accounts, auth_routes, element, files, health, search
+    from . import accounts, audit_routes, auth_routes, element, files, health, search
 
     app = web.Application(
         middlewares=[request_id_middleware, problem_middleware, auth_middleware],
         client_max_size=svc.config["server.client_max_fields_bytes"],
     )
     app[SERVICES] = svc
-    for module in (health, auth_routes, files, element, accounts, search):
+    for module in (health, auth_routes, files, element, accounts, search, audit_routes):
         module.add_routes(app.router)
     return app

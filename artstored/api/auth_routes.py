@@ -9,15 +9,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 import urllib.parse
 
 from aiohttp import web
 
 from ..auth import roles as R
-from ..engine.errors import BadRequest, Unauthorized
-from .app import public
-from .responses import json_response
+from ..engine import wal as W
+from ..engine.errors import ArtStoreError, BadRequest, Unauthorized, ValidationError
+from .app import actor_of, public, requires
+from .responses import json_response, read_json
 from .state import blocking, services
+
+MAX_CLIENT_ID_LOGGED = 64
+
+
+class TooManyAttempts(ArtStoreError):
+    code = "too_many_requests"
+    status = 429
+    title = "Too many sign-in attempts"
+
+
+def _record(svc, kind: str, client_id: str, address: str, **data) -> None:
+    """An audit record of a sign-in event (never with the secret)."""
+    with svc.store.env.write() as txn:
+        W.append(txn, svc.store.env, kind, W.Actor(client_id[:MAX_CLIENT_ID_LOGGED] or "-",
+                                                     "unauthenticated"),
+                 data={"client_id": client_id[:MAX_CLIENT_ID_LOGGED], "address": address,
+                       **data})
 
 
 def _oauth_error(cls, error: str, description: str, **extra):
@@ -57,19 +76,31 @@ async def token(request: web.Request) -> web.Response:
         raise _oauth_error(BadRequest, "invalid_request",
                            "send credentials in the Authorization header or the form, not both")
     client_id, secret = basic or (form.get("client_id", ""), form.get("client_secret", ""))
+    client_id, secret = str(client_id), str(secret)
     if not client_id or not secret:
         raise _oauth_error(Unauthorized, "invalid_client", "client credentials are required")
+    address = request.remote or "-"
+    wait = svc.throttle.check(client_id, address)
+    if wait:
+        raise _oauth_error(TooManyAttempts, "too_many_requests",
+                           f"too many sign-in attempts; retry in {wait} s", retry_after=wait)
     try:
-        account = await blocking(svc.accounts.authenticate, str(client_id), str(secret))
+        account = await blocking(svc.accounts.authenticate, client_id, secret)
     except Unauthorized as exc:
+        locked = svc.throttle.failed(client_id, address)
+        await blocking(_record, svc, W.AUTH_FAILURE, client_id, address, reason=exc.code)
+        if locked:
+            await blocking(_record, svc, W.AUTH_LOCKOUT, client_id, address)
         raise _oauth_error(Unauthorized, "invalid_client" if exc.code == "invalid_client"
                            else exc.code, exc.detail) from None
+    svc.throttle.succeeded(client_id, address)
     scopes = R.narrow(account["scopes"], form.get("scope"))
     if form.get("scope") and not scopes:
         raise _oauth_error(BadRequest, "invalid_scope",
                            "none of the requested scopes is granted to this client")
     access_token, expires_in = svc.tokens.issue(
-        sub=account["client_id"], name=account["name"], role=account["role"], scopes=scopes)
+        sub=account["client_id"], name=account["name"], role=account["role"], scopes=scopes,
+        gen=account.get("token_generation", 1))
     return json_response(
         {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
          "scope": " ".join(scopes)},
@@ -82,6 +113,59 @@ async def jwks(request: web.Request) -> web.Response:
     return json_response(svc.keyring.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
+@requires(R.ADMIN, R.ADMIN_READ)
+async def list_keys(request: web.Request) -> web.Response:
+    svc = services(request)
+    return json_response({"items": svc.keyring.describe(), "next_cursor": None})
+
+
+@requires(R.ADMIN, R.ADMIN_WRITE)
+async def rotate_keys(request: web.Request) -> web.Response:
+    """A new signing key; the old one verifies for ``grace_seconds`` (default: the token
+    lifetime plus a minute, so no valid token is refused)."""
+    svc = services(request)
+    body = await read_json(request) if request.can_read_body else {}
+    default = svc.tokens.ttl + 60
+    grace = body.get("grace_seconds", default) if isinstance(body, dict) else None
+    if not isinstance(grace, (int, float)) or isinstance(grace, bool) or \
+            not svc.tokens.ttl <= grace <= 30 * 86400:
+        raise ValidationError(f"grace_seconds must be {svc.tokens.ttl}-{30 * 86400} "
+                              "(at least the token lifetime)", code="invalid_grace")
+    kid = await blocking(svc.keyring.rotate, float(grace))
+
+    def record():
+        with svc.store.env.write() as txn:
+            W.append(txn, svc.store.env, W.KEYS_ROTATE, actor_of(request),
+                     data={"kid": kid, "grace_seconds": grace})
+    await blocking(record)
+    return json_response({"active": kid, "items": svc.keyring.describe()})
+
+
+@requires(R.ADMIN, R.ADMIN_WRITE)
+async def revoke(request: web.Request) -> web.Response:
+    """Revoke one token: ``{"token": "..."}`` (checked, then its jti revoked) or
+    ``{"jti": "...", "client_id": "..."}``."""
+    svc = services(request)
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise ValidationError('send {"token": ...} or {"jti": ..., "client_id": ...}',
+                              code="invalid_revocation")
+    if isinstance(body.get("token"), str):
+        claims = svc.tokens.verify(body["token"])
+        jti, exp, client_id = claims.jti, claims.exp, claims.sub
+    elif isinstance(body.get("jti"), str) and isinstance(body.get("client_id"), str):
+        jti, client_id = body["jti"], body["client_id"]
+        exp = int(time.time()) + svc.tokens.ttl + 60
+    else:
+        raise ValidationError('send {"token": ...} or {"jti": ..., "client_id": ...}',
+                              code="invalid_revocation")
+    await blocking(svc.accounts.revoke_token, jti, exp, actor_of(request), client_id=client_id)
+    return json_response({"revoked": jti, "client_id": client_id})
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/auth/token", token)
     router.add_get("/api/v1/auth/jwks", jwks)
+    router.add_get("/api/v1/auth/keys", list_keys)
+    router.add_post("/api/v1/auth/keys/rotate", rotate_keys)
+    router.add_post("/api/v1/auth/revoke", revoke)

@@ -18,6 +18,7 @@ class Services:
     accounts: object = None       # auth.accounts.AccountStore
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
+    throttle: object = None       # auth.throttle.LoginThrottle
     jobs: object = None           # artstored.jobs.JobRunner
     index: object = None          # artstored.index.follower.IndexFollower
     search: object = None         # artstored.index.search.SearchService

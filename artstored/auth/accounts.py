@@ -1,8 +1,16 @@
 """Service accounts: client id + secret (stored as an Argon2id hash), role and scopes.
 
 Records live in the ``accounts`` LMDB database (see ``engine.lmdb_schema``); every change is
-a WAL record (without the secret). Argon2id verification costs ~0.1 s of CPU: call
+a WAL record (never with a secret). Argon2id verification costs ~0.1 s of CPU: call
 ``authenticate`` from a worker thread, never on an event loop.
+
+Lifecycle: ``active`` ⇄ ``suspended``; either → ``deleted`` (soft: the record stays and its
+client id is never given out again). A system account (the initial admin) can be neither
+suspended nor deleted. A secret expires (``secret_expires_at``); rotating it makes a new one
+(shown once) and keeps the old one working only through an optional grace period. Tokens
+can be revoked one by one (``jti``) or all at once for an account: each token carries the
+account's ``token_generation`` (claim ``gen``), and revoking all, suspending, deleting or
+changing the role moves the generation on.
 
 An unknown client id and a wrong secret are indistinguishable to the caller, in content
 and in time: an unknown id is checked against a dummy hash.
@@ -22,20 +30,25 @@ import nacl.pwhash
 from ..engine import durable
 from ..engine import lmdb_schema as S
 from ..engine import wal as W
-from ..engine.errors import Conflict, NotFound, Unauthorized, ValidationError
+from ..engine.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationError
 from . import roles as R
 
 log = logging.getLogger("artstored.auth")
 
 ACTIVE, SUSPENDED, DELETED = "active", "suspended", "deleted"
+STATUS_TRANSITIONS = {ACTIVE: (SUSPENDED, DELETED), SUSPENDED: (ACTIVE, DELETED),
+                      DELETED: ()}
 INITIAL_ADMIN_FILE = "initial-admin.json"
+MAX_GRACE_SECONDS = 7 * 86400
 
 
 def _hash_secret(secret: str) -> bytes:
     return nacl.pwhash.argon2id.str(secret.encode("utf-8"))
 
 
-def _verify_secret(hashed: bytes, secret: str) -> bool:
+def _verify_secret(hashed: bytes | None, secret: str) -> bool:
+    if not hashed:
+        return False
     try:
         return nacl.pwhash.verify(hashed, secret.encode("utf-8"))
     except nacl.exceptions.InvalidkeyError:
@@ -43,8 +56,8 @@ def _verify_secret(hashed: bytes, secret: str) -> bool:
 
 
 def public_view(account: dict) -> dict:
-    """An account as the API shows it: never the hash."""
-    return {k: v for k, v in account.items() if k != "secret_hash"}
+    """An account as the API shows it: never a hash."""
+    return {k: v for k, v in account.items() if not k.endswith("secret_hash")}
 
 
 class AccountStore:
@@ -56,6 +69,8 @@ class AccountStore:
     def _db(self):
         return self.env.db(S.DB_ACCOUNTS)
 
+    # --- reading --------------------------------------------------------------------------
+
     def get(self, client_id: str) -> dict:
         with self.env.read() as txn:
             raw = txn.get(client_id.encode("utf-8"), db=self._db())
@@ -63,39 +78,52 @@ class AccountStore:
             raise NotFound(f"no account {client_id!r}", code="account_not_found")
         return W.unpack(raw)
 
-    def list(self) -> list[dict]:
+    def list(self, *, include_deleted: bool = False) -> list[dict]:
         with self.env.read() as txn:
-            return [W.unpack(v) for _, v in txn.cursor(db=self._db())]
+            accounts = [W.unpack(v) for _, v in txn.cursor(db=self._db())]
+        return [a for a in accounts if include_deleted or a["status"] != DELETED]
 
     def has_admin(self) -> bool:
         return any(a["role"] == R.ADMIN and a["status"] == ACTIVE for a in self.list())
 
+    # --- changing -------------------------------------------------------------------------
+
+    def _new_secret(self, now: float) -> tuple[str, dict]:
+        secret = secrets.token_urlsafe(32)
+        return secret, {"secret_hash": _hash_secret(secret), "secret_created_at": now,
+                        "secret_expires_at": now + self.secret_ttl}
+
+    def _update(self, client_id: str, actor: W.Actor, what: str, change) -> dict:
+        """Apply ``change(account)`` (which returns a dict of WAL details) in one
+        transaction, with its WAL record; returns the updated account."""
+        with self.env.write() as txn:
+            raw = txn.get(client_id.encode("utf-8"), db=self._db())
+            if raw is None:
+                raise NotFound(f"no account {client_id!r}", code="account_not_found")
+            account = W.unpack(raw)
+            details = change(account) or {}
+            account["updated_at"] = time.time()
+            account["updated_by"] = actor.id
+            txn.put(client_id.encode("utf-8"), W.pack(account), db=self._db())
+            W.append(txn, self.env, W.ACCOUNT_UPDATE, actor,
+                     data={"client_id": client_id, "change": what, **details})
+        log.info("account %s: %s by %s", client_id, what, actor.id)
+        return account
+
     def create(self, *, name: str, role: str, actor: W.Actor, scopes: list[str] | None = None,
                system: bool = False) -> tuple[dict, str]:
         """A new active account and its secret (shown once, never stored in the clear)."""
-        if role not in R.ROLES:
-            raise ValidationError(f"role must be one of {', '.join(R.ROLES)}",
-                                  code="invalid_role")
+        _check_role_and_scopes(role, scopes)
         if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable():
             raise ValidationError("name must be 1-64 printable characters",
                                   code="invalid_name")
-        unknown = sorted(set(scopes or ()) - set(R.SCOPES))
-        if unknown:
-            raise ValidationError(f"unknown scopes: {', '.join(unknown)}", code="invalid_scope")
-        secret = secrets.token_urlsafe(32)
         now = time.time()
+        secret, secret_fields = self._new_secret(now)
         account = {
-            "client_id": "cl_" + secrets.token_hex(8),
-            "name": name,
-            "role": role,
-            "scopes": R.grantable(role, scopes),
-            "status": ACTIVE,
-            "system": system,
-            "created_at": now,
-            "created_by": actor.id,
-            "secret_created_at": now,
-            "secret_expires_at": now + self.secret_ttl,
-            "secret_hash": _hash_secret(secret),
+            "client_id": "cl_" + secrets.token_hex(8), "name": name, "role": role,
+            "scopes": R.grantable(role, scopes), "status": ACTIVE, "system": system,
+            "created_at": now, "created_by": actor.id, "token_generation": 1,
+            **secret_fields,
         }
         with self.env.write() as txn:
             key = account["client_id"].encode()
@@ -108,9 +136,85 @@ class AccountStore:
                  actor.id)
         return account, secret
 
+    def set_status(self, client_id: str, status: str, actor: W.Actor) -> dict:
+        """Suspend, reactivate or (softly) delete; a system account can only stay active."""
+        def change(account):
+            current = account["status"]
+            if status == current:
+                return {"status": status}
+            if status not in STATUS_TRANSITIONS.get(current, ()):
+                raise Conflict(f"an account that is {current} cannot become {status}",
+                               code="invalid_account_transition")
+            if account.get("system"):
+                raise Forbidden("the system account can be neither suspended nor deleted",
+                                code="system_account")
+            account["status"] = status
+            if status != ACTIVE:
+                _new_generation(account)  # its tokens stop working at once
+            return {"from": current, "status": status}
+        return self._update(client_id, actor, f"status {status}", change)
+
+    def rotate_secret(self, client_id: str, actor: W.Actor, *,
+                      grace_seconds: float = 0) -> tuple[dict, str]:
+        """A new secret (returned, shown once); the old one keeps working for
+        ``grace_seconds`` (0: stops now; at most 7 days)."""
+        if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise ValidationError(f"grace_seconds must be 0-{MAX_GRACE_SECONDS}",
+                                  code="invalid_grace")
+        holder = {}
+
+        def change(account):
+            if account["status"] == DELETED:
+                raise Conflict("a deleted account cannot get a new secret",
+                               code="account_deleted")
+            now = time.time()
+            secret, fields = self._new_secret(now)
+            if grace_seconds:
+                account["previous_secret_hash"] = account["secret_hash"]
+                account["previous_secret_valid_until"] = now + grace_seconds
+            else:
+                account.pop("previous_secret_hash", None)
+                account.pop("previous_secret_valid_until", None)
+            account.update(fields)
+            holder["secret"] = secret
+            return {"grace_seconds": grace_seconds,
+                    "secret_expires_at": fields["secret_expires_at"]}
+        account = self._update(client_id, actor, "secret rotated", change)
+        return account, holder["secret"]
+
+    def set_role(self, client_id: str, actor: W.Actor, *, role: str | None = None,
+                 scopes: list[str] | None = None) -> dict:
+        def change(account):
+            new_role = role or account["role"]
+            _check_role_and_scopes(new_role, scopes)
+            if account.get("system") and new_role != R.ADMIN:
+                raise Forbidden("the system account stays an admin", code="system_account")
+            old = (account["role"], account["scopes"])
+            account["role"] = new_role
+            account["scopes"] = R.grantable(new_role, scopes)
+            _new_generation(account)  # tokens carry the role: old ones must not outlive it
+            return {"from": {"role": old[0], "scopes": old[1]},
+                    "role": new_role, "scopes": account["scopes"]}
+        return self._update(client_id, actor, "role", change)
+
+    def revoke_all_tokens(self, client_id: str, actor: W.Actor) -> dict:
+        def change(account):
+            _new_generation(account)
+            return {"token_generation": account["token_generation"]}
+        return self._update(client_id, actor, "tokens revoked", change)
+
+    def revoke_token(self, jti: str, exp: int, actor: W.Actor, *, client_id: str) -> None:
+        with self.env.write() as txn:
+            txn.put(jti.encode("utf-8"), W.pack({"exp": exp}), db=self.env.db(S.DB_REVOKED))
+            W.append(txn, self.env, W.ACCOUNT_UPDATE, actor,
+                     data={"client_id": client_id, "change": "token revoked", "jti": jti})
+
+    # --- checking ---------------------------------------------------------------------------
+
     def authenticate(self, client_id: str, secret: str, *, now: float | None = None) -> dict:
-        """The account if ``secret`` is its current secret and it may sign in; otherwise
-        Unauthorized with code ``invalid_client`` (or ``secret_expired`` once the right
+        """The account if ``secret`` is its current secret (or its previous one within the
+        rotation grace) and it may sign in; otherwise Unauthorized with code
+        ``invalid_client`` (or ``secret_expired`` / ``account_inactive`` once the right
         secret has been proven)."""
         now = time.time() if now is None else now
         try:
@@ -120,14 +224,42 @@ class AccountStore:
         if account is None:
             _verify_secret(self._dummy_hash, secret)
             raise Unauthorized("unknown client or wrong secret", code="invalid_client")
-        if not _verify_secret(account["secret_hash"], secret):
+        current = _verify_secret(account["secret_hash"], secret)
+        previous = not current and account.get("previous_secret_valid_until", 0) > now and \
+            _verify_secret(account.get("previous_secret_hash"), secret)
+        if not current and not previous:
             raise Unauthorized("unknown client or wrong secret", code="invalid_client")
         if account["status"] != ACTIVE:
             raise Unauthorized(f"account is {account['status']}", code="account_inactive")
-        if account.get("secret_expires_at") and account["secret_expires_at"] <= now:
-            raise Unauthorized("client secret has expired; rotate it",
-                               code="secret_expired")
+        if current and account.get("secret_expires_at") and account["secret_expires_at"] <= now:
+            raise Unauthorized("client secret has expired; rotate it", code="secret_expired")
         return account
+
+    def token_allowed(self, sub: str, generation: int, jti: str) -> bool:
+        """Whether a token (already verified) may still be used: its account is active,
+        the token is of the account's current generation, and it is not revoked itself."""
+        with self.env.read() as txn:
+            raw = txn.get(sub.encode("utf-8"), db=self._db())
+            revoked_db = self.env.db(S.DB_REVOKED)
+            revoked = revoked_db is not None and \
+                txn.get(jti.encode("utf-8"), db=revoked_db) is not None
+        if raw is None or revoked:
+            return False
+        account = W.unpack(raw)
+        return account["status"] == ACTIVE and \
+            generation == account.get("token_generation", 1)
+
+    def purge_revoked(self, now: float | None = None) -> int:
+        """Forget revocations of tokens that have expired anyway."""
+        now = time.time() if now is None else now
+        removed = 0
+        with self.env.write() as txn:
+            cur = txn.cursor(db=self.env.db(S.DB_REVOKED))
+            for key, raw in list(cur):
+                if W.unpack(raw)["exp"] < now:
+                    txn.delete(key, db=self.env.db(S.DB_REVOKED))
+                    removed += 1
+        return removed
 
     def ensure_initial_admin(self, data_dir: str) -> str | None:
         """On a node with the admin role: if no active admin exists, create the system
@@ -143,3 +275,15 @@ class AccountStore:
         log.warning("initial admin account %s created; credentials in %s",
                     account["client_id"], path)
         return path
+
+
+def _new_generation(account: dict) -> None:
+    account["token_generation"] = account.get("token_generation", 1) + 1
+
+
+def _check_role_and_scopes(role: str, scopes) -> None:
+    if role not in R.ROLES:
+        raise ValidationError(f"role must be one of {', '.join(R.ROLES)}", code="invalid_role")
+    unknown = sorted(set(scopes or ()) - set(R.SCOPES))
+    if unknown:
+        raise ValidationError(f"unknown scopes: {', '.join(unknown)}", code="invalid_scope")

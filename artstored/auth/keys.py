@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 
 import nacl.signing
@@ -31,9 +32,10 @@ def thumbprint(jwk: dict) -> str:
 
 
 class KeyRing:
-    """Signing keys of an admin node. Not thread-safe for rotation; reads are."""
+    """Signing keys of an admin node. Rotations are serialized; reads need no lock."""
 
     def __init__(self, data_dir: str):
+        self._rotate_lock = threading.Lock()
         self.dir = os.path.join(data_dir, "keys", "signing")
         self.manifest_path = os.path.join(data_dir, "keys", "signing.json")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -52,10 +54,6 @@ class KeyRing:
         except FileNotFoundError:
             return {"active": None, "keys": []}
 
-    def _save_manifest(self) -> None:
-        durable.atomic_write(self.manifest_path,
-                             json.dumps(self.manifest, indent=2).encode() + b"\n", mode=0o600)
-
     @property
     def active_kid(self) -> str:
         return self.manifest["active"]
@@ -65,20 +63,34 @@ class KeyRing:
         return self.keys[self.active_kid]
 
     def rotate(self, grace_seconds: float) -> str:
-        """Make a new active key; the old one keeps verifying for ``grace_seconds``."""
+        """Make a new active key; the old one keeps verifying for ``grace_seconds`` (give at
+        least the longest token lifetime, so that no valid token is refused). Durable when
+        it returns. Readers in other threads see the old manifest or the new one, whole."""
+        with self._rotate_lock:
+            return self._rotate(grace_seconds)
+
+    def _rotate(self, grace_seconds: float) -> str:
         key = nacl.signing.SigningKey.generate()
         kid = thumbprint(public_jwk(key.verify_key))
         durable.atomic_write(os.path.join(self.dir, f"{kid}.key"), bytes(key), mode=0o600)
+        self.keys[kid] = key
         now = time.time()
-        for entry in self.manifest["keys"]:
+        entries = [dict(e) for e in self.manifest["keys"]]
+        for entry in entries:
             if entry["kid"] == self.manifest.get("active"):
                 entry["retired_at"] = now
                 entry["verify_until"] = now + grace_seconds
-        self.manifest["keys"].append({"kid": kid, "created_at": now})
-        self.manifest["active"] = kid
-        self._save_manifest()
-        self.keys[kid] = key
+        entries.append({"kid": kid, "created_at": now})
+        manifest = {"active": kid, "keys": entries}
+        durable.atomic_write(self.manifest_path,
+                             json.dumps(manifest, indent=2).encode() + b"\n", mode=0o600)
+        self.manifest = manifest
         return kid
+
+    def describe(self) -> list[dict]:
+        """Every key with its dates (no secrets), newest first."""
+        active = self.manifest["active"]
+        return [dict(e, active=e["kid"] == active) for e in reversed(self.manifest["keys"])]
 
     def verifying_keys(self, now: float | None = None) -> dict[str, nacl.signing.VerifyKey]:
         """kid → public key for every key a token may still be signed with."""

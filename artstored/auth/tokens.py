@@ -1,7 +1,8 @@
 """Access tokens: JWTs signed with Ed25519 (``alg: EdDSA``, RFC 8037), checked locally.
 
 Claims: ``iss``, ``sub`` (client id), ``name``, ``role``, ``scope`` (space-separated),
-``iat``, ``nbf``, ``exp``, ``jti``. The signature is pynacl's Ed25519; the JOSE framing
+``iat``, ``nbf``, ``exp``, ``jti``, and ``gen`` (the account's token generation: revoking
+all of an account's tokens moves it on). The signature is pynacl's Ed25519; the JOSE framing
 (base64url JSON) is all that is written here.
 
 ``verify`` accepts exactly one algorithm, EdDSA, with a ``kid`` the key ring knows: there is
@@ -38,6 +39,7 @@ class Claims:
     scopes: frozenset[str]
     exp: int
     jti: str
+    gen: int
     raw: dict
 
 
@@ -57,7 +59,7 @@ class TokenService:
         # small request. Time claims and the key's validity are checked on every use.
         self._verified: dict[str, tuple[str, Claims]] = {}
 
-    def issue(self, *, sub: str, name: str, role: str, scopes: list[str],
+    def issue(self, *, sub: str, name: str, role: str, scopes: list[str], gen: int = 1,
               now: float | None = None, ttl: int | None = None) -> tuple[str, int]:
         """(token, expires_in seconds)."""
         now = int(time.time() if now is None else now)
@@ -65,7 +67,7 @@ class TokenService:
         header = {"alg": "EdDSA", "typ": "JWT", "kid": self.keyring.active_kid}
         claims = {"iss": self.issuer, "sub": sub, "name": name, "role": role,
                   "scope": " ".join(scopes), "iat": now, "nbf": now, "exp": now + ttl,
-                  "jti": secrets.token_urlsafe(16)}
+                  "jti": secrets.token_urlsafe(16), "gen": gen}
         signing_input = f"{_encode_part(header)}.{_encode_part(claims)}"
         sig = self.keyring.active_key.sign(signing_input.encode("ascii")).signature
         return f"{signing_input}.{b64url(sig)}", ttl
@@ -123,4 +125,5 @@ class TokenService:
             raise Unauthorized("token is not valid yet", code="token_not_yet_valid")
         return Claims(sub=claims["sub"], name=str(claims.get("name", claims["sub"])),
                       role=claims["role"], scopes=frozenset(claims["scope"].split()),
-                      exp=claims["exp"], jti=claims["jti"], raw=claims)
+                      exp=claims["exp"], jti=claims["jti"], gen=int(claims.get("gen", 1)),
+                      raw=claims)

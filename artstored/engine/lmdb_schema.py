@@ -11,6 +11,7 @@ pending  op id, 16 bytes (uuid)                 PENDING intent (see ``wal``)
 catalog  file id, 16 raw UUID bytes             CatalogEntry: {attr, disk, rel}
 expiry   expires_at µs 8 BE + file id 16        b"" (temporary files, for the GC)
 accounts client_id, UTF-8                       account record (``artstored.auth``)
+revoked  token id (jti), UTF-8                  {exp}: revoked before it expired
 ======== ====================================== ==========================================
 
 The catalog is keyed by UUIDv7 bytes, so its key order is creation order (lists need no
@@ -38,7 +39,8 @@ DB_PENDING = b"pending"
 DB_CATALOG = b"catalog"
 DB_EXPIRY = b"expiry"
 DB_ACCOUNTS = b"accounts"
-ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS)
+DB_REVOKED = b"revoked"
+ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED)
 
 META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}
@@ -92,7 +94,11 @@ class Env:
     def _open_existing(self, name: bytes):
         # Not inside a read transaction: py-lmdb then hands back a handle that later
         # transactions refuse (EINVAL). Without one it uses a short read-only txn itself.
-        return self.env.open_db(name, create=False)
+        # A database a newer daemon added and this store lacks yet reads as absent (None).
+        try:
+            return self.env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            return None
 
     def db(self, name: bytes):
         return self.dbs[name]

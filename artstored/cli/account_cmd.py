@@ -1,0 +1,111 @@
+"""``artstore account create|list|show|suspend|reactivate|role|rotate-secret|revoke-tokens|
+delete``: service accounts (admin). A new secret is printed once, and only to stdout."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from .common import add_remote_options, emit, make_client
+
+
+def _path(client_id: str, tail: str = "") -> str:
+    return f"/api/v1/accounts/{urllib.parse.quote(client_id)}{tail}"
+
+
+def _line(a: dict) -> str:
+    return f"{a['client_id']}  {a['status']:<9}  {a['role']:<8}  {a['name']}"
+
+
+def _secret_text(a: dict) -> str:
+    return (f"{_line(a)}\nclient_secret: {a['client_secret']}\n"
+            "(shown once: store it now)")
+
+
+def cmd_create(args):
+    body = {"name": args.name, "role": args.role}
+    if args.scope:
+        body["scopes"] = args.scope
+    emit(args, make_client(args).request("POST", "/api/v1/accounts", json_body=body),
+         _secret_text)
+
+
+def cmd_list(args):
+    path = "/api/v1/accounts" + ("?include_deleted=1" if args.all else "")
+    emit(args, make_client(args).request("GET", path),
+         lambda d: "\n".join(_line(a) for a in d["items"]))
+
+
+def cmd_show(args):
+    emit(args, make_client(args).request("GET", _path(args.client_id)),
+         lambda a: "\n".join(f"{k}: {v}" for k, v in a.items()))
+
+
+def _status(status):
+    def run(args):
+        emit(args, make_client(args).request("PATCH", _path(args.client_id),
+                                             json_body={"status": status}), _line)
+    return run
+
+
+def cmd_role(args):
+    body = {"role": args.role}
+    if args.scope:
+        body["scopes"] = args.scope
+    emit(args, make_client(args).request("PATCH", _path(args.client_id), json_body=body),
+         _line)
+
+
+def cmd_rotate(args):
+    emit(args, make_client(args).request("POST", _path(args.client_id, "/rotate-secret"),
+                                         json_body={"grace_seconds": args.grace}),
+         _secret_text)
+
+
+def cmd_revoke(args):
+    emit(args, make_client(args).request("POST", _path(args.client_id, "/revoke-tokens")),
+         lambda a: f"all tokens of {a['client_id']} revoked")
+
+
+def cmd_delete(args):
+    emit(args, make_client(args).request("DELETE", _path(args.client_id)), _line)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("account", help="service accounts (admin)")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    a = actions.add_parser("create", help="create an account; prints its secret once")
+    add_remote_options(a)
+    a.add_argument("name")
+    a.add_argument("--role", choices=("user", "operator", "admin"), default="user")
+    a.add_argument("--scope", action="append", help="limit to these scopes (repeatable)")
+    a.set_defaults(func=cmd_create)
+
+    a = actions.add_parser("list", help="list accounts")
+    add_remote_options(a)
+    a.add_argument("--all", action="store_true", help="include deleted accounts")
+    a.set_defaults(func=cmd_list)
+
+    for name, func, text in (("show", cmd_show, "show an account"),
+                             ("suspend", _status("suspended"), "suspend (tokens stop working)"),
+                             ("reactivate", _status("active"), "reactivate a suspended account"),
+                             ("revoke-tokens", cmd_revoke, "revoke every token of an account"),
+                             ("delete", cmd_delete, "delete (the id is never reused)")):
+        a = actions.add_parser(name, help=text)
+        add_remote_options(a)
+        a.add_argument("client_id")
+        a.set_defaults(func=func)
+
+    a = actions.add_parser("role", help="change an account's role and scopes")
+    add_remote_options(a)
+    a.add_argument("client_id")
+    a.add_argument("role", choices=("user", "operator", "admin"))
+    a.add_argument("--scope", action="append")
+    a.set_defaults(func=cmd_role)
+
+    a = actions.add_parser("rotate-secret", help="new secret (printed once)")
+    add_remote_options(a)
+    a.add_argument("client_id")
+    a.add_argument("--grace", type=float, default=0, metavar="SECONDS",
+                   help="keep the old secret working this long (default 0)")
+    a.set_defaults(func=cmd_rotate)
