@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench system-deps clean
+.PHONY: install run test bench bench-quick system-deps clean
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	./scripts/install-system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,11 +22,17 @@ install: $(STAMP)
 run: install
 	$(BIN)/artstored
 
+# The tests, then every benchmark at a tiny size (under two minutes) so the suite never rots.
 test: install
 	$(BIN)/pytest -q tests
+	$(BIN)/python -m bench.run_all --quick
 
+# The whole suite against the machine's limits and the reference servers (under 20 minutes).
 bench: install
 	$(BIN)/python -m bench.run_all
+
+bench-quick: install
+	$(BIN)/python -m bench.run_all --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -145,13 +145,14 @@ def bench_small(store: Server, sink: Server, work: str, count: int, concurrency:
     with open(raw_file, "wb") as f:
         f.write(data)
     loop_rate = python_durable_loop(os.path.join(work, "loop"), count)
-    store_res = loadgen({"url": f"http://127.0.0.1:{store.port}/api/v1/files",
+    store_res = loadgen({"base": f"http://127.0.0.1:{store.port}", "path": "/api/v1/files",
                          "method": "POST", "body_file": body_file,
                          "headers": {"Authorization": f"Bearer {store.token}",
                                      "Content-Type": f"multipart/form-data; boundary={boundary}"},
                          "concurrency": concurrency, "requests": count})
-    sink_res = loadgen({"url": f"http://127.0.0.1:{sink.port}/upload", "method": "POST",
-                        "body_file": raw_file, "concurrency": concurrency, "requests": count})
+    sink_res = loadgen({"base": f"http://127.0.0.1:{sink.port}", "path": "/upload",
+                        "method": "POST", "body_file": raw_file, "concurrency": concurrency,
+                        "requests": count})
     assert store_res["errors"] == 0 and sink_res["errors"] == 0, (store_res, sink_res)
     return {"store_per_s": store_res["ops_per_s"], "store_p50_ms": store_res["p50_ms"],
             "store_p99_ms": store_res["p99_ms"], "python_loop_per_s": loop_rate,

@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 
-from . import core, fuse, search
+from . import core, fuse, search, suite
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -105,16 +105,23 @@ def main(argv=None) -> int:
                              for n in search_sizes]
         results["fuse"] = fuse.run(os.path.join(args.work, "fuse"), **fuse_params)
         results["fuse"]["params"] = fuse_params or "full"
+        results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                        "host": platform.node(), "cpus": os.cpu_count(), "quick": args.quick,
                        "params": params, "sync_method": args.sync_method or "default"}
     print(report(results))
+    print()
+    print("Side by side (operations per second; ratios are ArtStore ÷ reference):")
+    print(suite.table(results["suite"]))
     os.makedirs(args.out, exist_ok=True)
-    name = datetime.date.today().isoformat() + ("-quick" if args.quick else "") + ".json"
-    with open(os.path.join(args.out, name), "w") as f:
+    stem = datetime.date.today().isoformat() + ("-quick" if args.quick else "")
+    with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(results, f, indent=2)
+    png = suite.chart(results["suite"], os.path.join(args.out, stem + ".png"))
+    print(f"\nfigures: {os.path.join(args.out, stem + '.json')}"
+          + (f", chart: {png}" if png else " (no chart: matplotlib is not installed)"))
     return 0
 
 

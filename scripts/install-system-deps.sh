@@ -2,9 +2,12 @@
 # Installs the Debian packages ArtStore needs to build and test, only those missing.
 # fuse3/libfuse3-dev/pkg-config: pyfuse3 builds from source against libfuse3.
 # attr, rsync: the FUSE tests call getfattr and rsync. mandoc: the tests lint the man pages.
-# python3-venv/-dev, gcc: the venv and C extensions on a machine whose python3 is Debian's.
+# swift-object, nginx-light: the reference servers the benchmarks compare against (the
+# quick benchmark is part of make test). python3-venv/-dev, gcc: the venv and C extensions
+# on a machine whose python3 is Debian's.
 set -euo pipefail
-packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc)
+packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
+          swift-object nginx-light)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,3 +19,5 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Debian starts the nginx it installs; the benchmarks run their own.
+$sudo systemctl disable --now nginx >/dev/null 2>&1 || $sudo pkill -x nginx || true

@@ -1,0 +1,294 @@
+"""Side by side: ArtStore against a real peer object store and the machine's HTTP ceiling.
+
+Each server runs alone on its own fresh ext4 image (same disk, same state), driven by the
+same load generator in its own process: PUT then GET of 4 KiB, 64 KiB, 1 MiB and 1 GiB
+objects at concurrency 1 and 16. References: the Swift object server (fsyncs each object,
+as ArtStore does), nginx WebDAV (no fsync: a ceiling) and the bare aiohttp sink (fsync +
+rename + fsync(dir) per body: the HTTP ceiling for durable PUTs, and the proof that the
+load generator can go faster than ArtStore). ArtStore also gets metadata GET, a list page,
+a search and reads through the FUSE view. GETs follow their PUTs: the page cache is warm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+
+from . import peers
+from .common import Server, free_port, fresh_filesystem
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+# size -> (requests at concurrency 1, at 16)
+FULL = {4 * KIB: (400, 3000), 64 * KIB: (300, 2000), MIB: (100, 600), GIB: (2, 16)}
+QUICK = {4 * KIB: (20, 64), 64 * KIB: (20, 64), MIB: (10, 32), 8 * MIB: (2, 16)}
+CONCURRENCY = (1, 16)
+
+
+def label(size: int) -> str:
+    return f"{size // GIB} GiB" if size >= GIB else f"{size // MIB} MiB" if size >= MIB \
+        else f"{size // KIB} KiB"
+
+
+def loadgen(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
+                         capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return json.loads(out.stdout)
+
+
+class RssSampler:
+    """The largest resident set of a process while it runs (total and anonymous)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.max_rss = self.max_anon = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            try:
+                with open(f"/proc/{self.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.max_rss = max(self.max_rss, int(line.split()[1]) * 1024)
+                        elif line.startswith("RssAnon:"):
+                            self.max_anon = max(self.max_anon, int(line.split()[1]) * 1024)
+            except FileNotFoundError:
+                return
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"max_rss_MiB": self.max_rss / MIB, "max_rss_anon_MiB": self.max_anon / MIB}
+
+
+def _row(results: list, server: str, workload: str, size, conc: int, res: dict) -> None:
+    if res["errors"]:
+        raise RuntimeError(f"{server} {workload} {size} c{conc}: {res['errors']} errors, "
+                           f"first: {res['first_error']}")
+    results.append({"server": server, "workload": workload,
+                    "size": label(size) if isinstance(size, int) else size,
+                    "concurrency": conc, "ops_per_s": res["ops_per_s"],
+                    "MB_per_s": res["bytes_per_s"] / 1e6, "p50_ms": res["p50_ms"],
+                    "p99_ms": res["p99_ms"], "ops": res["ops"]})
+
+
+def _objects(server: str, target, base: str, sizes: dict, results: list) -> dict:
+    """PUT then GET every size at both concurrencies; returns what later workloads need."""
+    kept = {}
+    for size, counts in sizes.items():
+        for conc, count in zip(CONCURRENCY, counts):
+            prefix = f"o{size}-{conc}-{secrets.token_hex(3)}"
+            spec = {"base": base, "concurrency": conc, "requests": count, "body_size": size}
+            if server == "artstore":
+                boundary = "b-" + secrets.token_hex(8)
+                spec.update(method="POST", path="/api/v1/files", collect="file_id",
+                            body_prefix=f"--{boundary}\r\nContent-Disposition: form-data; "
+                                        f"name=\"file\"; filename=\"o.bin\"\r\n\r\n",
+                            body_suffix=f"\r\n--{boundary}--\r\n",
+                            headers={"Authorization": f"Bearer {target.token}",
+                                     "Content-Type":
+                                         f"multipart/form-data; boundary={boundary}"})
+            elif server == "sink":
+                spec.update(method="POST", path="/upload")
+            else:
+                spec.update(method="PUT", path_template=target.put_path(prefix),
+                            headers=target.put_headers(), collect="paths")
+            put = loadgen(spec)
+            _row(results, server, "PUT", size, conc, put)
+            if server == "sink":
+                continue
+            if server == "artstore":
+                paths = [f"/api/v1/files/{i}/download" for i in put["collected"]]
+                headers = {"Authorization": f"Bearer {target.token}"}
+                kept.setdefault("ids", []).extend(put["collected"])
+                if size == MIB:
+                    kept["mib_ids"] = put["collected"]
+            else:
+                paths, headers = put["collected"], {}
+            get = loadgen({"base": base, "method": "GET", "paths": paths, "headers": headers,
+                           "concurrency": conc, "requests": count})
+            _row(results, server, "GET", size, conc, get)
+    return kept
+
+
+def _artstore_extras(store: Server, base: str, kept: dict, results: list, quick: bool) -> None:
+    auth = {"Authorization": f"Bearer {store.token}"}
+    n = 300 if quick else 3000
+    ids = kept["ids"]
+    for workload, spec in (
+            ("metadata GET", {"paths": [f"/api/v1/files/{i}" for i in ids]}),
+            ("list page (100)", {"path": "/api/v1/files?limit=100"}),
+            ("search", {"path": "/api/v1/search?q=bin&limit=20"})):
+        res = loadgen({"base": base, "method": "GET", "headers": auth, "concurrency": 16,
+                       "requests": n, **spec})
+        _row(results, "artstore", workload, "-", 16, res)
+
+
+def _fuse_reads(store: Server, ids: list[str], results: list) -> None:
+    """Read the 1 MiB objects through the FUSE view with 16 threads, and directly."""
+    from .fuse import _mount, _unmount
+
+    mountpoint = store.data_dir + "-mnt"
+    proc = _mount(store.data_dir, mountpoint)
+    try:
+        via = [os.path.join(mountpoint, "by-id", f"{i}.bin") for i in ids]
+        direct = [_direct_path(store, i) for i in ids]
+        for server, paths in (("artstore-fuse", via), ("direct", direct)):
+            _read_all(paths)  # warm
+            t = time.perf_counter()
+            total = _read_all(paths)
+            elapsed = time.perf_counter() - t
+            results.append({"server": server, "workload": "read files (x16 threads)",
+                            "size": "1 MiB", "concurrency": 16,
+                            "ops_per_s": len(paths) / elapsed, "MB_per_s": total / elapsed / 1e6,
+                            "p50_ms": None, "p99_ms": None, "ops": len(paths)})
+    finally:
+        _unmount(proc)
+        os.rmdir(mountpoint)
+
+
+def _direct_path(store: Server, file_id: str) -> str:
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{store.port}/api/v1/files/{file_id}",
+                                 headers={"Authorization": f"Bearer {store.token}"})
+    attr = json.loads(urllib.request.urlopen(req).read())
+    return store.path_of(attr)
+
+
+def _read_all(paths: list[str]) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(path):
+        n = 0
+        with open(path, "rb", buffering=0) as f:
+            while chunk := f.read(MIB):
+                n += len(chunk)
+        return n
+    with ThreadPoolExecutor(16) as pool:
+        return sum(pool.map(read, paths))
+
+
+def run(work: str, *, quick: bool = False) -> dict:
+    sizes = QUICK if quick else FULL
+    have = peers.available()
+    results: list[dict] = []
+    rss = {}
+    image = 4 * GIB if quick else 40 * GIB
+    for server in ("artstore", "swift", "nginx", "sink"):
+        if server in ("swift", "nginx") and not have[server]:
+            continue
+        with fresh_filesystem(os.path.join(work, server), image) as (fs, kind):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            if server == "artstore":
+                target = Server.artstored(os.path.join(fs, "store"), port)
+                sampler = RssSampler(target.proc.pid)
+            elif server == "sink":
+                target = Server.sink(os.path.join(fs, "sink"), port)
+            elif server == "swift":
+                target = peers.SwiftObject.start(os.path.join(fs, "swift"), port)
+            else:
+                target = peers.NginxDav.start(os.path.join(fs, "nginx"), port)
+            try:
+                kept = _objects(server, target, base, sizes, results)
+                if server == "artstore":
+                    _artstore_extras(target, base, kept, results, quick)
+                    _fuse_reads(target, kept["mib_ids"], results)
+                    rss = sampler.stop()
+            finally:
+                target.stop()
+    return {"results": results, "artstore_rss": rss, "peers": have,
+            "filesystem": "fresh ext4 image per server"}
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """ArtStore ÷ each reference, per workload (ops/s)."""
+    index = {(r["server"], r["workload"], r["size"], r["concurrency"]): r for r in results}
+    out = []
+    for r in results:
+        if r["server"] != "artstore":
+            continue
+        row = {"workload": r["workload"], "size": r["size"], "concurrency": r["concurrency"],
+               "artstore": r}
+        for ref in ("swift", "nginx", "sink"):
+            other = index.get((ref, r["workload"], r["size"], r["concurrency"]))
+            if other and other["ops_per_s"]:
+                row[ref] = other
+                row[f"vs_{ref}"] = r["ops_per_s"] / other["ops_per_s"]
+        out.append(row)
+    fuse = index.get(("artstore-fuse", "read files (x16 threads)", "1 MiB", 16))
+    direct = index.get(("direct", "read files (x16 threads)", "1 MiB", 16))
+    if fuse and direct:
+        out.append({"workload": "FUSE read ÷ direct", "size": "1 MiB", "concurrency": 16,
+                    "artstore": fuse, "direct": direct,
+                    "vs_direct": fuse["MB_per_s"] / direct["MB_per_s"]})
+    return out
+
+
+def table(suite: dict) -> str:
+    lines = [f"{'workload':<28}{'artstore':>11}{'MB/s':>9}{'p50ms':>8}{'p99ms':>8}"
+             f"{'swift':>10}{'nginx':>10}{'sink':>10}{'÷swift':>8}{'÷nginx':>8}{'÷sink':>7}"]
+    for row in ratios(suite["results"]):
+        a = row["artstore"]
+        name = f"{row['workload']} {row['size']} x{row['concurrency']}"
+
+        def ops(ref):
+            return f"{row[ref]['ops_per_s']:>10.0f}" if ref in row else f"{'-':>10}"
+
+        def ratio(ref, width=8):
+            return f"{row['vs_' + ref]:>{width}.2f}" if f"vs_{ref}" in row else f"{'-':>{width}}"
+        p50 = f"{a['p50_ms']:>8.1f}" if a["p50_ms"] is not None else f"{'-':>8}"
+        p99 = f"{a['p99_ms']:>8.1f}" if a["p99_ms"] is not None else f"{'-':>8}"
+        if row["workload"] == "FUSE read ÷ direct":
+            lines.append(f"{name:<28}{a['ops_per_s']:>11.0f}{a['MB_per_s']:>9.0f}{p50}{p99}"
+                         f"   direct {row['direct']['MB_per_s']:.0f} MB/s, ratio "
+                         f"{row['vs_direct']:.2f}")
+            continue
+        lines.append(f"{name:<28}{a['ops_per_s']:>11.0f}{a['MB_per_s']:>9.0f}{p50}{p99}"
+                     f"{ops('swift')}{ops('nginx')}{ops('sink')}{ratio('swift')}"
+                     f"{ratio('nginx')}{ratio('sink', 7)}")
+    rss = suite.get("artstore_rss") or {}
+    if rss:
+        lines.append(f"ArtStore daemon RSS, largest during the suite: {rss['max_rss_MiB']:.0f} MiB "
+                     f"(anonymous {rss['max_rss_anon_MiB']:.0f} MiB; goal < 200)")
+    missing = [k for k, v in suite["peers"].items() if not v]
+    if missing:
+        lines.append(f"not installed, left out: {', '.join(missing)}")
+    return "\n".join(lines)
+
+
+def chart(suite: dict, path: str) -> str | None:
+    """A PNG of the ratios, for people who would rather look; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in ratios(suite["results"]) if "vs_swift" in r or "vs_nginx" in r]
+    names = [f"{r['workload']} {r['size']} x{r['concurrency']}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.35 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh([i - 0.2 for i in y], [r.get("vs_swift", 0) for r in rows], 0.4,
+            label="ArtStore ÷ Swift object server")
+    ax.barh([i + 0.2 for i in y], [r.get("vs_nginx", 0) for r in rows], 0.4,
+            label="ArtStore ÷ nginx WebDAV (no fsync)")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y), names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio of operations per second (higher is better for ArtStore)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
