@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench bench-quick system-deps clean
+.PHONY: install run test bench bench-quick system-deps install-system clean
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -33,6 +33,11 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run_all --quick
+
+# Install for systemd on this host (root): venv in /opt/artstore, units, man pages, example
+# config, the artstore user. DESTDIR=dir stages the files instead.
+install-system:
+	./scripts/install-system.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -78,6 +78,8 @@ KEYS: tuple[Key, ...] = (
         "how often expired temporary files are collected (0: never)", minimum=0),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
+    Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "
+        "(SIGHUP reopens it)"),
 )
 
 SHORT_ENV = {"ARTSTORE_DATA_DIR": "storage.data_dir", "ARTSTORE_LISTEN": "server.listen"}
@@ -159,6 +161,36 @@ class Config:
     @property
     def listen(self) -> tuple[str, int]:
         return parse_listen(self["server.listen"])
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def example_toml() -> str:
+    """The commented example configuration: every key, its default, what it does, and its
+    environment variable. ``etc/artstored.toml.example`` is this text (a test keeps it so)."""
+    lines = ["# /etc/artstore/artstored.toml: configuration of artstored and artstore mount.",
+             "# Every key is optional; shown here with its default. Every key can also be set",
+             "# with an environment variable, which wins over this file. See artstore.toml(5).",
+             ""]
+    section = None
+    for key in KEYS:
+        if key.section != section:
+            if section is not None:
+                lines.append("")
+            lines.append(f"[{key.section}]")
+            section = key.section
+        choices = f" One of: {', '.join(key.choices)}." if key.choices else ""
+        lines.append(f"# {key.help[0].upper()}{key.help[1:]}.{choices} ({key.env})")
+        lines.append(f"# {key.name} = {_toml_value(key.default)}")
+    return "\n".join(lines) + "\n"
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -126,7 +126,7 @@ def python_durable_loop(directory: str, count: int, size: int = 4096) -> float:
 
 
 def loadgen(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
+    out = subprocess.run([sys.executable, "-m", "bench.loadgen"], input=json.dumps(spec),
                          capture_output=True, check=True, text=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return json.loads(out.stdout)

@@ -3,7 +3,7 @@ concurrent keep-alive connections, each repeating requests until a request count
 up or a deadline passes. Prints one JSON line: ops, seconds, ops_per_s, bytes_per_s,
 p50_ms, p99_ms, errors, first_error, and what ``collect`` asked for.
 
-    python -m bench.loadgen '<spec as JSON>'
+    python -m bench.loadgen < spec.json      (or the spec as the one argument)
 
 Spec: ``base`` (http://host:port), ``method``, ``headers``, ``concurrency``, ``requests`` or
 ``seconds``, and the request bodies and paths:
@@ -127,4 +127,6 @@ async def run(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run(json.loads(sys.argv[1])))))
+    # On stdin by default: a GET workload's list of paths is too long for a command line.
+    spec = json.loads(sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read())
+    print(json.dumps(asyncio.run(run(spec))))

@@ -26,6 +26,10 @@ workers = auto
 user = {user}
 log_level = WARNING
 swift_dir = {root}
+# 16 concurrent 1 GiB uploads share the loopback: give slow connections time.
+client_timeout = 600
+node_timeout = 600
+conn_timeout = 10
 
 [pipeline:main]
 pipeline = object-server

@@ -98,20 +98,22 @@ def main(argv=None) -> int:
         params = {"size": 1 << 30, "repeats": 3, "small_count": 4000}
         search_sizes = [100_000, 1_000_000]
         fuse_params = {}
+    results: dict = {}
     try:
-        results = {"core": core.run(os.path.join(args.work, "core"),
-                                    sync_method=args.sync_method, **params)}
+        # Each part is printed as soon as it is measured, so a failure later keeps it.
+        results["core"] = core.run(os.path.join(args.work, "core"),
+                                   sync_method=args.sync_method, **params)
         results["search"] = [search.run(os.path.join(args.work, "search"), n)
                              for n in search_sizes]
         results["fuse"] = fuse.run(os.path.join(args.work, "fuse"), **fuse_params)
         results["fuse"]["params"] = fuse_params or "full"
+        print(report(results), flush=True)
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                        "host": platform.node(), "cpus": os.cpu_count(), "quick": args.quick,
                        "params": params, "sync_method": args.sync_method or "default"}
-    print(report(results))
     print()
     print("Side by side (operations per second; ratios are ArtStore ÷ reference):")
     print(suite.table(results["suite"]))

@@ -37,10 +37,13 @@ def fs_errors(fn):
         except pyfuse3.FUSEError:
             raise
         except FsError as exc:
+            args[0].counters.errors += 1
             raise pyfuse3.FUSEError(exc.errno) from None
         except OSError as exc:
+            args[0].counters.errors += 1
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
+            args[0].counters.errors += 1
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
@@ -181,6 +184,7 @@ class ArchiveFS(pyfuse3.Operations):
 
     @fs_errors
     async def read(self, fh, off, size):
+        self._count("read")
         handle = self._files[fh]
         if isinstance(handle, bytes):
             return handle[off:off + size]
@@ -208,8 +212,11 @@ class ArchiveFS(pyfuse3.Operations):
     @fs_errors
     async def getxattr(self, inode, name, ctx):
         self._count("getxattr")
+        if not name.startswith(b"user."):
+            # No ACLs or security labels here. EOPNOTSUPP (not ENODATA) lets tools such as
+            # ls -l learn that once per filesystem instead of asking for every file.
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         if not name.startswith(XATTR_PREFIX):
-            # ls -l asks every file for its ACLs and security labels: answer at once.
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         values = await self._in_thread(self.model.xattrs, self.model.node(inode))
         try:

@@ -34,8 +34,44 @@ def _raise_read_ahead(mountpoint: str) -> None:
         log.warning("could not raise read-ahead (%s): %s", path, exc)
 
 
-async def _serve(mountpoint: str) -> None:
+class _MountCollector:
+    def __init__(self, fs: ArchiveFS):
+        self.fs = fs
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        ops = CounterMetricFamily("artstore_fuse_operations", "FUSE operations served",
+                                  labels=["operation"])
+        for name, count in sorted(self.fs.counters.ops.items()):
+            ops.add_metric([name], count)
+        yield ops
+        yield CounterMetricFamily("artstore_fuse_read_bytes", "Bytes read through the mount",
+                                  value=self.fs.counters.bytes_read)
+        yield CounterMetricFamily("artstore_fuse_errors", "Operations that failed with an error",
+                                  value=self.fs.counters.errors)
+
+
+def write_metrics(fs: ArchiveFS, path: str) -> None:
+    """The mount's counters in Prometheus text format, for node_exporter's textfile
+    collector (written to a temporary name and renamed, so readers never see half)."""
+    from prometheus_client import CollectorRegistry, write_to_textfile
+
+    registry = CollectorRegistry()
+    registry.register(_MountCollector(fs))
+    write_to_textfile(path, registry)
+
+
+async def _metrics_loop(fs: ArchiveFS, path: str, interval: float = 10.0) -> None:
+    while True:
+        await trio.to_thread.run_sync(write_metrics, fs, path)
+        await trio.sleep(interval)
+
+
+async def _serve(mountpoint: str, fs: ArchiveFS, metrics_file: str | None) -> None:
     async with trio.open_nursery() as nursery:
+        if metrics_file:
+            nursery.start_soon(_metrics_loop, fs, metrics_file)
         async def fuse_loop():
             await pyfuse3.main()          # returns when unmounted (fusermount3 -u)
             nursery.cancel_scope.cancel()
@@ -51,7 +87,8 @@ async def _serve(mountpoint: str) -> None:
 
 
 def run(data_dir: str, mountpoint: str, *, disk_roots: list[str] | None = None,
-        allow_other: bool | None = None, debug: bool = False) -> int:
+        allow_other: bool | None = None, debug: bool = False,
+        metrics_file: str | None = None) -> int:
     """Mount and serve until unmounted or signalled; returns an exit status."""
     model = ArchiveModel(data_dir, disk_roots)
     fs = ArchiveFS(model)
@@ -63,9 +100,11 @@ def run(data_dir: str, mountpoint: str, *, disk_roots: list[str] | None = None,
         options.add("debug")
     pyfuse3.init(fs, mountpoint, options)
     try:
-        trio.run(_serve, mountpoint)
+        trio.run(_serve, mountpoint, fs, metrics_file)
     finally:
         pyfuse3.close(unmount=True)
+        if metrics_file:
+            write_metrics(fs, metrics_file)
         model.close()
         log.info("unmounted %s", mountpoint, extra={"ops": fs.counters.ops,
                                                     "bytes_read": fs.counters.bytes_read})

@@ -3,11 +3,11 @@
 # fuse3/libfuse3-dev/pkg-config: pyfuse3 builds from source against libfuse3.
 # attr, rsync: the FUSE tests call getfattr and rsync. mandoc: the tests lint the man pages.
 # swift-object, nginx-light: the reference servers the benchmarks compare against (the
-# quick benchmark is part of make test). python3-venv/-dev, gcc: the venv and C extensions
+# quick benchmark is part of make test). prometheus: promtool checks our metrics. python3-venv/-dev, gcc: the venv and C extensions
 # on a machine whose python3 is Debian's.
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
-          swift-object nginx-light)
+          swift-object nginx-light prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,5 +19,7 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-# Debian starts the nginx it installs; the benchmarks run their own.
-$sudo systemctl disable --now nginx >/dev/null 2>&1 || $sudo pkill -x nginx || true
+# Debian starts the nginx and prometheus it installs; we need only their binaries.
+for service in nginx prometheus; do
+  $sudo systemctl disable --now "$service" >/dev/null 2>&1 || $sudo pkill -x "$service" || true
+done

@@ -196,7 +196,7 @@ def test_every_route_declares_its_access_rule():
         assert requirement is not ..., f"{route.method} {route.resource.canonical}"
         if requirement is None:
             public.add(route.resource.canonical)
-    assert public == {"/health/live", "/health/ready", "/health/startup",
+    assert public == {"/health/live", "/health/ready", "/health/startup", "/metrics",
                       "/api/v1/auth/token", "/api/v1/auth/jwks"}
 
 

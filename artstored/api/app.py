@@ -14,6 +14,7 @@ import time
 
 from aiohttp import web
 
+from .. import logs
 from ..auth import roles as R
 from ..engine.errors import ArtStoreError, Forbidden, Unauthorized
 from ..engine.wal import Actor
@@ -62,6 +63,7 @@ def _safe_request_id(value: str | None) -> str:
 async def request_id_middleware(request: web.Request, handler):
     rid = _safe_request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = rid
+    token = logs.REQUEST_ID.set(rid)  # every log line of this request carries it
     started = time.perf_counter()
     response = None
     svc: Services = request.app[SERVICES]
@@ -76,14 +78,20 @@ async def request_id_middleware(request: web.Request, handler):
         if response is not None:
             response.headers["X-Request-Id"] = rid
         route = request.match_info.route.resource
+        route_name = route.canonical if route is not None else "unmatched"
+        status = getattr(response, "status", 500)
+        seconds = time.perf_counter() - started
+        bytes_in = request.content_length or 0
+        bytes_out = getattr(response, "content_length", None) or 0
         access_log.info(
-            "%s %s %s", request.method, request.path,
-            getattr(response, "status", 500),
-            extra={"request_id": rid, "method": request.method,
-                   "route": route.canonical if route is not None else None,
-                   "status": getattr(response, "status", 500),
-                   "bytes_out": getattr(response, "content_length", None),
-                   "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
+            "%s %s %s", request.method, request.path, status,
+            extra={"method": request.method, "route": route_name, "status": status,
+                   "bytes_in": bytes_in, "bytes_out": bytes_out,
+                   "duration_ms": round(seconds * 1000, 3)})
+        if svc.metrics is not None:
+            svc.metrics.observe_request(request.method, route_name, status, seconds,
+                                        bytes_in, bytes_out)
+        logs.REQUEST_ID.reset(token)
 
 
 @web.middleware
@@ -94,7 +102,7 @@ async def problem_middleware(request: web.Request, handler):
         response = problems.from_error(exc)
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.path, exc.detail,
-                      extra={"request_id": request.get(REQUEST_ID), "code": exc.code})
+                      extra={"code": exc.code})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -104,8 +112,7 @@ async def problem_middleware(request: web.Request, handler):
         if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit,
                             GeneratorExit)):
             raise
-        log.exception("unhandled error on %s %s", request.method, request.path,
-                      extra={"request_id": request.get(REQUEST_ID)})
+        log.exception("unhandled error on %s %s", request.method, request.path)
         response = problems.problem(500, "internal_error", "Internal error",
                                     "the server failed; the request id names it in the log")
     if not _body_consumed(request):

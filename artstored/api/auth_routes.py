@@ -87,6 +87,7 @@ async def token(request: web.Request) -> web.Response:
     try:
         account = await blocking(svc.accounts.authenticate, client_id, secret)
     except Unauthorized as exc:
+        svc.metrics.token_failures.labels(exc.code).inc()
         locked = svc.throttle.failed(client_id, address)
         await blocking(_record, svc, W.AUTH_FAILURE, client_id, address, reason=exc.code)
         if locked:

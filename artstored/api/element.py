@@ -31,6 +31,7 @@ def element_info(svc) -> dict:
         "wal_seq": stats["wal_seq"],
         "pending_intents": stats["pending_intents"],
         "max_upload_bytes": store.config.max_upload_bytes,
+        "files_by_retention": stats.get("by_retention", {}),
         "group_commit": {"batches": committer.batches, "uploads": committer.uploads,
                          "largest_batch": committer.largest_batch,
                          "queue_depth": store.committer.queue_depth()},

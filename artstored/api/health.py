@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .app import public
 from .responses import json_response
-from .state import SERVICES
+from .state import SERVICES, blocking
 
 
 @public
@@ -34,7 +35,15 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"status": "ready", "mode": svc.store.mode})
 
 
+@public
+async def metrics(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    body = await blocking(svc.metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/metrics", metrics)
     router.add_get("/health/live", live)
     router.add_get("/health/startup", startup)
     router.add_get("/health/ready", ready)

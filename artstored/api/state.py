@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ class Services:
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
     throttle: object = None       # auth.throttle.LoginThrottle
+    metrics: object = None        # artstored.metrics.Metrics
     jobs: object = None           # artstored.jobs.JobRunner
     index: object = None          # artstored.index.follower.IndexFollower
     search: object = None         # artstored.index.search.SearchService
@@ -43,6 +45,9 @@ def services(request: web.Request) -> Services:
 
 
 async def blocking(fn, *args, **kwargs):
-    """Run a blocking engine call in the default worker pool."""
+    """Run a blocking engine call in the default worker pool, in the caller's context
+    (so its log lines keep the request id)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+    context = contextvars.copy_context()
+    return await loop.run_in_executor(None, functools.partial(context.run, fn, *args,
+                                                              **kwargs))

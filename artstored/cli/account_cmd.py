@@ -77,7 +77,8 @@ def register(sub) -> None:
     a = actions.add_parser("create", help="create an account; prints its secret once")
     add_remote_options(a)
     a.add_argument("name")
-    a.add_argument("--role", choices=("user", "operator", "admin"), default="user")
+    a.add_argument("--role", choices=("user", "operator", "admin"), default="user",
+                   help="user (default), operator or admin")
     a.add_argument("--scope", action="append", help="limit to these scopes (repeatable)")
     a.set_defaults(func=cmd_create)
 
@@ -100,7 +101,7 @@ def register(sub) -> None:
     add_remote_options(a)
     a.add_argument("client_id")
     a.add_argument("role", choices=("user", "operator", "admin"))
-    a.add_argument("--scope", action="append")
+    a.add_argument("--scope", action="append", help="limit to these scopes (repeatable)")
     a.set_defaults(func=cmd_role)
 
     a = actions.add_parser("rotate-secret", help="new secret (printed once)")

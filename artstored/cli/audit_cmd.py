@@ -102,11 +102,11 @@ def cmd_ls(args) -> int:
 
 
 def _filter_options(p) -> None:
-    p.add_argument("--actor")
+    p.add_argument("--actor", help="client id or name of who did it")
     p.add_argument("--kind", help="exact, or a prefix ending in a dot (file.)")
-    p.add_argument("--file-id", dest="file_id")
-    p.add_argument("--from", dest="since", metavar="TIME")
-    p.add_argument("--to", dest="until", metavar="TIME")
+    p.add_argument("--file-id", dest="file_id", help="events of this file")
+    p.add_argument("--from", dest="since", metavar="TIME", help="at or after (ISO 8601)")
+    p.add_argument("--to", dest="until", metavar="TIME", help="before (ISO 8601)")
 
 
 def register(sub) -> None:
@@ -124,6 +124,6 @@ def register(sub) -> None:
     a.set_defaults(func=cmd_export)
     a = actions.add_parser("ls", help="list recent events")
     add_remote_options(a)
-    a.add_argument("--limit", type=int, default=50)
+    a.add_argument("--limit", type=int, default=50, help="events to show (1-1000)")
     _filter_options(a)
     a.set_defaults(func=cmd_ls)

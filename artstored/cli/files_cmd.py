@@ -198,11 +198,12 @@ def register(sub) -> None:
     add_remote_options(p)
     p.add_argument("paths", nargs="+", metavar="FILE")
     p.add_argument("--name", help="original filename to record (default: the file's name)")
-    p.add_argument("--description")
+    p.add_argument("--description", help="a description, up to 1000 characters")
     p.add_argument("--attr", action="append", metavar="KEY=VALUE",
                    help="a custom attribute (repeatable)")
     p.add_argument("--attrs-json", metavar="JSON", help="custom attributes as a JSON object")
-    p.add_argument("--retention", choices=("permanent", "temporary"))
+    p.add_argument("--retention", choices=("permanent", "temporary"),
+                   help="permanent (default on rw) or temporary (the only kind on edit)")
     p.add_argument("--ttl-days", type=int, help="days a temporary file is kept (1-365)")
     p.add_argument("--content-type", help="default: guessed from the name")
     p.add_argument("--no-checksum", action="store_true",
@@ -217,9 +218,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("ls", help="list files, newest first")
     add_remote_options(p)
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--cursor")
-    p.add_argument("--order", choices=("desc", "asc"), default="desc")
+    p.add_argument("--limit", type=int, default=100, help="files per page (1-1000)")
+    p.add_argument("--cursor", help="continue from a previous page's next_cursor")
+    p.add_argument("--order", choices=("desc", "asc"), default="desc",
+                   help="newest first (desc, default) or oldest first")
     p.add_argument("--all", action="store_true", help="follow cursors to the end")
     p.set_defaults(func=cmd_ls)
 
@@ -231,9 +233,11 @@ def register(sub) -> None:
     p = sub.add_parser("patch", help="change a file's description or custom attributes")
     add_remote_options(p)
     p.add_argument("file_id")
-    p.add_argument("--description")
-    p.add_argument("--attr", action="append", metavar="KEY=VALUE")
-    p.add_argument("--unset-attr", action="append", metavar="KEY")
+    p.add_argument("--description", help="the new description")
+    p.add_argument("--attr", action="append", metavar="KEY=VALUE",
+                   help="set a custom attribute (repeatable)")
+    p.add_argument("--unset-attr", action="append", metavar="KEY",
+                   help="remove a custom attribute (repeatable)")
     p.add_argument("--merge-patch", metavar="JSON", help="a raw RFC 7396 merge patch")
     p.set_defaults(func=cmd_patch)
 

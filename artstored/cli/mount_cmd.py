@@ -25,7 +25,7 @@ def cmd_mount(args) -> int:
     logs.setup(cfg["log.level"])
     return run(cfg.data_dir, args.mountpoint,
                disk_roots=[os.path.abspath(d) for d in cfg["storage.disks"]] or None,
-               debug=args.debug)
+               debug=args.debug, metrics_file=args.metrics_file)
 
 
 def register(sub) -> None:
@@ -34,4 +34,7 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="data directory (default: from the config)")
     p.add_argument("--config", help="config file (for the data directory and disk roots)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
+    p.add_argument("--metrics-file", metavar="FILE",
+                   help="write the mount's metrics (operations, bytes, errors) here every "
+                        "10 s in Prometheus text format, for node_exporter's textfile collector")
     p.set_defaults(func=cmd_mount)

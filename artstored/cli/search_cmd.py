@@ -48,16 +48,20 @@ def register(sub) -> None:
     add_remote_options(p)
     p.add_argument("query", nargs="?", default="",
                    help='e.g. \'invoice AND attr.department:finance\'; empty: everything')
-    p.add_argument("--created-from", dest="created_from", metavar="DATE")
-    p.add_argument("--created-to", dest="created_to", metavar="DATE")
-    p.add_argument("--content-type", dest="content_type")
-    p.add_argument("--created-by", dest="created_by")
-    p.add_argument("--size-min", dest="size_min", type=int)
-    p.add_argument("--size-max", dest="size_max", type=int)
+    p.add_argument("--created-from", dest="created_from", metavar="DATE",
+                   help="created at or after (ISO 8601)")
+    p.add_argument("--created-to", dest="created_to", metavar="DATE",
+                   help="created before (ISO 8601)")
+    p.add_argument("--content-type", dest="content_type", help="exact content type")
+    p.add_argument("--created-by", dest="created_by", help="creator's client id or name")
+    p.add_argument("--size-min", dest="size_min", type=int, help="at least this many bytes")
+    p.add_argument("--size-max", dest="size_max", type=int, help="at most this many bytes")
     p.add_argument("--attr", action="append", metavar="KEY=VALUE",
                    help="exact custom attribute (repeatable)")
-    p.add_argument("--sort", choices=("relevance", "created_at"))
-    p.add_argument("--order", choices=("desc", "asc"), default="desc")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--sort", choices=("relevance", "created_at"),
+                   help="relevance (default with a query) or created_at")
+    p.add_argument("--order", choices=("desc", "asc"), default="desc",
+                   help="for created_at: newest first (default) or oldest first")
+    p.add_argument("--limit", type=int, default=20, help="hits per page (1-1000)")
     p.add_argument("--all", action="store_true", help="follow cursors to the end")
     p.set_defaults(func=cmd_search)

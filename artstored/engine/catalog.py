@@ -50,13 +50,24 @@ def _expires_us(attr: dict) -> int | None:
     return int(A.parse_time(exp).timestamp() * 1_000_000)
 
 
+def _empty_stats() -> dict:
+    return {"files": 0, "bytes": 0, "by_retention": {}}
+
+
 def _stats(txn, env: S.Env) -> dict:
     raw = txn.get(S.META_STATS, db=env.db(S.DB_META))
-    return unpack(raw) if raw else {"files": 0, "bytes": 0}
+    st = unpack(raw) if raw else _empty_stats()
+    st.setdefault("by_retention", {})
+    return st
+
+
+def _count(st: dict, attr: dict, sign: int) -> None:
+    policy = attr.get("retention_policy") or "permanent"
+    st["by_retention"][policy] = st["by_retention"].get(policy, 0) + sign
 
 
 def stats(txn, env: S.Env) -> dict:
-    """{files, bytes}: the number and total size of catalogued files."""
+    """{files, bytes, by_retention: {policy: files}} of the catalogued files."""
     return _stats(txn, env)
 
 
@@ -70,12 +81,14 @@ def put(txn, env: S.Env, entry: CatalogEntry) -> None:
         _drop_expiry(txn, env, key, old.attr)
         st["files"] -= 1
         st["bytes"] -= old.size
+        _count(st, old.attr, -1)
     txn.put(key, entry.encode(), db=env.db(S.DB_CATALOG))
     exp = _expires_us(entry.attr)
     if exp is not None:
         txn.put(S.expiry_key(exp, key), b"", db=env.db(S.DB_EXPIRY))
     st["files"] += 1
     st["bytes"] += entry.size
+    _count(st, entry.attr, +1)
     txn.put(S.META_STATS, pack(st), db=env.db(S.DB_META))
 
 
@@ -86,6 +99,7 @@ def delete(txn, env: S.Env, entry: CatalogEntry) -> None:
         st = _stats(txn, env)
         st["files"] -= 1
         st["bytes"] -= entry.size
+        _count(st, entry.attr, -1)
         txn.put(S.META_STATS, pack(st), db=env.db(S.DB_META))
 
 
@@ -99,7 +113,7 @@ def clear(txn, env: S.Env) -> None:
     """Empty the catalog and the expiry index (before a rebuild)."""
     txn.drop(env.db(S.DB_CATALOG), delete=False)
     txn.drop(env.db(S.DB_EXPIRY), delete=False)
-    txn.put(S.META_STATS, pack({"files": 0, "bytes": 0}), db=env.db(S.DB_META))
+    txn.put(S.META_STATS, pack(_empty_stats()), db=env.db(S.DB_META))
 
 
 def expired(txn, env: S.Env, now_us: int, limit: int = 1000) -> list[str]:

@@ -37,6 +37,7 @@ from . import modes as M
 from . import wal as W
 from .catalog import CatalogEntry
 from .ingest import BufferedUpload, UploadWriter
+from .stats import Histogram
 
 log = logging.getLogger("artstored.engine.groupcommit")
 
@@ -72,20 +73,17 @@ class CommitStats:
     uploads: int = 0
     failed: int = 0
     largest_batch: int = 0
-    last_batch: int = 0
-    last_commit_seconds: float = 0.0
-    total_commit_seconds: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)  # recent, for histograms
+    commit_seconds: Histogram = field(default_factory=lambda: Histogram(
+        (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)))
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(
+        (1, 2, 4, 8, 16, 32, 64, 128, 256)))
 
     def record(self, size: int, seconds: float) -> None:
         self.batches += 1
         self.uploads += size
-        self.last_batch = size
         self.largest_batch = max(self.largest_batch, size)
-        self.last_commit_seconds = seconds
-        self.total_commit_seconds += seconds
-        self.batch_sizes.append(size)
-        del self.batch_sizes[:-1024]
+        self.commit_seconds.observe(seconds)
+        self.batch_sizes.observe(size)
 
 
 def place_intent(entry: CatalogEntry, tmp_data: str) -> dict:

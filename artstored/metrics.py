@@ -1,0 +1,140 @@
+"""Prometheus metrics of a daemon, on ``GET /metrics`` (prometheus-client).
+
+Request metrics are counted as requests finish; everything else is read from the engine's
+own counters, the disks and the index at scrape time (a collector), so the engine knows
+nothing of Prometheus. Labels never carry a client id, a secret or a token: only routes
+(the pattern, not the path), methods, statuses, disk ids and reason codes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.process_collector import ProcessCollector
+
+from .engine import modes as M
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def _histogram(name: str, doc: str, hist) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], hist.cumulative(), hist.sum)
+    return family
+
+
+class EngineCollector:
+    def __init__(self, svc):
+        self.svc = svc
+
+    def collect(self):
+        svc = self.svc
+        if not svc.started or svc.store is None:
+            return
+        store = svc.store
+        cs = store.committer.stats
+        yield _histogram("artstore_group_commit_seconds",
+                         "Time to make one batch of uploads durable (flush + LMDB commit)",
+                         cs.commit_seconds)
+        yield _histogram("artstore_group_commit_batch_size", "Uploads per group commit",
+                         cs.batch_sizes)
+        yield CounterMetricFamily("artstore_uploads_committed", "Uploads made durable",
+                                  value=cs.uploads)
+        yield CounterMetricFamily("artstore_uploads_failed", "Uploads refused at commit",
+                                  value=cs.failed)
+        yield GaugeMetricFamily("artstore_group_commit_queue_depth",
+                                "Uploads waiting for the next batch",
+                                value=store.committer.queue_depth())
+        stats = store.stats()
+        mode = store.mode
+        files = GaugeMetricFamily("artstore_files", "Catalogued files",
+                                  labels=["mode", "retention"])
+        for retention, count in sorted(stats.get("by_retention", {}).items()):
+            files.add_metric([mode, retention], count)
+        yield files
+        yield GaugeMetricFamily("artstore_stored_bytes", "Bytes of catalogued content",
+                                value=stats["bytes"])
+        yield GaugeMetricFamily("artstore_wal_sequence", "Newest WAL sequence number",
+                                value=stats["wal_seq"])
+        yield GaugeMetricFamily("artstore_pending_intents", "WAL intents not yet resolved",
+                                value=stats["pending_intents"])
+        element = GaugeMetricFamily("artstore_element_mode", "1 for the element's mode",
+                                    labels=["mode"])
+        for m in M.MODES:
+            element.add_metric([m], 1 if m == mode else 0)
+        yield element
+        report = store.capacity()
+        total = GaugeMetricFamily("artstore_disk_total_bytes", "Size of a disk root",
+                                  labels=["disk_id", "path"])
+        used = GaugeMetricFamily("artstore_disk_used_bytes", "Used bytes of a disk root",
+                                 labels=["disk_id", "path"])
+        free = GaugeMetricFamily("artstore_disk_free_bytes", "Free bytes of a disk root",
+                                 labels=["disk_id", "path"])
+        full = GaugeMetricFamily("artstore_disk_status", "1 for a disk root's capacity status",
+                                 labels=["disk_id", "status"])
+        for d in report["disks"]:
+            total.add_metric([d["disk_id"], d["path"]], d["total_bytes"])
+            used.add_metric([d["disk_id"], d["path"]], d["used_bytes"])
+            free.add_metric([d["disk_id"], d["path"]], d["free_bytes"])
+            for status in ("ok", "warning", "critical", "full"):
+                full.add_metric([d["disk_id"], status], 1 if d["status"] == status else 0)
+        yield from (total, used, free, full)
+        if svc.index is not None:
+            lag = svc.index.lag()
+            yield GaugeMetricFamily("artstore_index_lag_records",
+                                    "WAL records the search index has not applied",
+                                    value=lag["records_behind"])
+            yield GaugeMetricFamily("artstore_index_lag_seconds",
+                                    "Age of the oldest WAL record the index has not applied",
+                                    value=lag["seconds_behind"])
+            yield CounterMetricFamily("artstore_index_commits", "Search index commits",
+                                      value=lag["commits"])
+        if svc.throttle is not None:
+            yield CounterMetricFamily("artstore_token_refused",
+                                      "Token requests refused by rate limit or lockout",
+                                      value=svc.throttle.refused)
+            yield CounterMetricFamily("artstore_token_lockouts", "Sign-in lockouts started",
+                                      value=svc.throttle.lockouts)
+        if svc.jobs is not None:
+            jobs = GaugeMetricFamily("artstore_jobs_running", "Background jobs running",
+                                     labels=["kind"])
+            progress = GaugeMetricFamily("artstore_job_progress_ratio",
+                                         "Done ÷ total of running jobs", labels=["kind"])
+            for job in svc.jobs.running():
+                jobs.add_metric([job.kind], 1)
+                if job.total:
+                    progress.add_metric([job.kind], job.done / job.total)
+            yield jobs
+            yield progress
+
+
+class Metrics:
+    def __init__(self, svc):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.requests = Counter("artstore_http_requests", "HTTP requests answered",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("artstore_http_request_duration_seconds",
+                                 "Time from request to answer", ["method", "route"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.received = Counter("artstore_http_received_bytes", "Request body bytes received",
+                                ["route"], registry=self.registry)
+        self.sent = Counter("artstore_http_sent_bytes", "Response body bytes sent",
+                            ["route"], registry=self.registry)
+        self.token_failures = Counter("artstore_token_failures",
+                                      "Token requests that failed, by reason code",
+                                      ["reason"], registry=self.registry)
+        self.registry.register(EngineCollector(svc))
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float,
+                        bytes_in: int, bytes_out: int) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+        if bytes_in:
+            self.received.labels(route).inc(bytes_in)
+        if bytes_out:
+            self.sent.labels(route).inc(bytes_out)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
