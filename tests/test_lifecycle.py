@@ -37,6 +37,7 @@ def test_probes_during_recovery(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
+                files = api.get("/api/v1/files")
                 live = api.get("/health/live").status
                 startup = api.get("/health/startup").status
                 ready = api.get("/health/ready")
@@ -46,9 +47,8 @@ def test_probes_during_recovery(tmp_path):
             seen.append((live, startup, ready.status))
             if ready.status == 200:
                 break
-            # Before recovery is done the API refuses politely too.
-            r = api.get("/api/v1/files")
-            assert r.status == 503 and r.problem["code"] == "not_ready"
+            # Not ready after the API request: it was refused politely, not served.
+            assert files.status == 503 and files.problem["code"] == "not_ready"
             time.sleep(0.01)
         assert seen[0] == (200, 503, 503), seen[:3]
         assert seen[-1][2] == 200
