@@ -82,7 +82,8 @@ def read_file_throughput(path: str, block: int = 1 << 20) -> float:
     return total / (time.perf_counter() - started)
 
 
-def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the server on ``port`` answers ``path`` with anything but a 5xx."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -115,7 +116,7 @@ class Server:
         proc = subprocess.Popen([os.path.join(BIN, "artstored")], env=full_env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = cls(proc, port, data_dir)
-        _wait_http(port, "/health/ready", proc)
+        wait_http(port, "/health/ready", proc)
         with open(os.path.join(data_dir, "initial-admin.json")) as f:
             creds = json.load(f)
         form = urllib.parse.urlencode({"grant_type": "client_credentials", **creds})
@@ -130,7 +131,7 @@ class Server:
     def sink(cls, directory: str, port: int) -> "Server":
         proc = subprocess.Popen([sys.executable, "-m", "bench.sink", directory, str(port)],
                                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        _wait_http(port, "/", proc)
+        wait_http(port, "/", proc)
         return cls(proc, port, directory)
 
     def list_files(self) -> list[dict]:

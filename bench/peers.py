@@ -10,12 +10,13 @@ Objects are addressed as ``/sda1/<partition>/a/c/<name>`` (Swift) and ``/<name>`
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import signal
 import subprocess
 import time
+
+from .common import wait_http
 
 SWIFT_OBJECT_CONF = """[DEFAULT]
 devices = {root}/devices
@@ -82,22 +83,6 @@ def available() -> dict[str, bool]:
             "nginx": shutil.which("nginx") is not None}
 
 
-def _wait(port: int, path: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"reference server exited with {proc.returncode}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", path)
-            conn.getresponse().read()
-            conn.close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"reference server on {port} did not come up")
-
-
 class Peer:
     name = "peer"
 
@@ -137,7 +122,7 @@ class SwiftObject(Peer):
         log = open(os.path.join(root, "server.log"), "ab")
         proc = subprocess.Popen(["swift-object-server", os.path.join(root, "object-server.conf")],
                                 env=env, stdout=log, stderr=log, start_new_session=True)
-        _wait(port, "/", proc)
+        wait_http(port, "/", proc)
         return cls(proc, port, root)
 
     def put_path(self, prefix: str) -> str:
@@ -162,7 +147,7 @@ class NginxDav(Peer):
         log = open(os.path.join(root, "server.log"), "ab")
         proc = subprocess.Popen(["nginx", "-c", conf, "-p", root], stdout=log, stderr=log,
                                 start_new_session=True)
-        _wait(port, "/", proc)
+        wait_http(port, "/", proc)
         return cls(proc, port, root)
 
     def put_path(self, prefix: str) -> str:

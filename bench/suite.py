@@ -237,6 +237,16 @@ def ratios(results: list[dict]) -> list[dict]:
     return out
 
 
+def _ops(value: float, width: int) -> str:
+    return f"{value:>{width}.2f}" if value < 10 else f"{value:>{width}.0f}"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return f"{'-':>8}"
+    return f"{value / 1000:>7.1f}s" if value >= 10_000 else f"{value:>8.1f}"
+
+
 def table(suite: dict) -> str:
     lines = [f"{'workload':<28}{'artstore':>11}{'MB/s':>9}{'p50ms':>8}{'p99ms':>8}"
              f"{'swift':>10}{'nginx':>10}{'sink':>10}{'÷swift':>8}{'÷nginx':>8}{'÷sink':>7}"]
@@ -245,18 +255,17 @@ def table(suite: dict) -> str:
         name = f"{row['workload']} {row['size']} x{row['concurrency']}"
 
         def ops(ref):
-            return f"{row[ref]['ops_per_s']:>10.0f}" if ref in row else f"{'-':>10}"
+            return _ops(row[ref]["ops_per_s"], 10) if ref in row else f"{'-':>10}"
 
         def ratio(ref, width=8):
             return f"{row['vs_' + ref]:>{width}.2f}" if f"vs_{ref}" in row else f"{'-':>{width}}"
-        p50 = f"{a['p50_ms']:>8.1f}" if a["p50_ms"] is not None else f"{'-':>8}"
-        p99 = f"{a['p99_ms']:>8.1f}" if a["p99_ms"] is not None else f"{'-':>8}"
+        p50, p99 = _ms(a["p50_ms"]), _ms(a["p99_ms"])
         if row["workload"] == "FUSE read ÷ direct":
-            lines.append(f"{name:<28}{a['ops_per_s']:>11.0f}{a['MB_per_s']:>9.0f}{p50}{p99}"
+            lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{a['MB_per_s']:>9.0f}{p50}{p99}"
                          f"   direct {row['direct']['MB_per_s']:.0f} MB/s, ratio "
                          f"{row['vs_direct']:.2f}")
             continue
-        lines.append(f"{name:<28}{a['ops_per_s']:>11.0f}{a['MB_per_s']:>9.0f}{p50}{p99}"
+        lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{a['MB_per_s']:>9.0f}{p50}{p99}"
                      f"{ops('swift')}{ops('nginx')}{ops('sink')}{ratio('swift')}"
                      f"{ratio('nginx')}{ratio('sink', 7)}")
     rss = suite.get("artstore_rss") or {}

@@ -22,17 +22,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import stat
 import threading
 import time
-import unicodedata
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import lmdb
-import xxhash
 
 from ..engine import attrs as A
 from ..engine import catalog, ids
@@ -45,10 +41,9 @@ from ..engine.disks import ID_FILE
 from ..engine.errors import BadRequest
 from ..index.reader import open_reader
 from ..index.search import SearchRequest, SearchService
+from .names import by_id_name, dir_ino, file_ino, unique_names
 
 ROOT_INO = 1
-FILE_BIT = 1 << 63
-NAME_MAX = 255
 SEARCH_LIMIT = 1000
 SEARCH_CACHE_SECONDS = 2.0
 # Reading a file of an ``ar`` element: its content is offline.
@@ -100,49 +95,6 @@ class Stat:
     size: int
     nlink: int
     mtime_ns: int
-
-
-def dir_ino(path: str) -> int:
-    return (xxhash.xxh64_intdigest(b"dir:" + path.encode("utf-8")) & ~FILE_BIT) | 2
-
-
-def file_ino(file_id: str) -> int:
-    return xxhash.xxh64_intdigest(uuid.UUID(file_id).bytes) | FILE_BIT
-
-
-def display_name(original: str) -> str:
-    """A name the kernel accepts for a file's original name: its last path part, controls
-    and NUL replaced, at most 255 bytes with the extension kept."""
-    base = re.split(r"[/\\]", original)[-1]
-    base = "".join("_" if unicodedata.category(c) in ("Cc", "Cs") else c for c in base)
-    if base.strip(".") == "":
-        base = "unnamed"
-    return fit_name(base)
-
-
-def fit_name(name: str, suffix: str = "") -> str:
-    stem, ext = L.split_extension(name)
-    budget = NAME_MAX - len((suffix + ext).encode("utf-8"))
-    return L.cut_utf8(stem, budget) + suffix + ext
-
-
-def unique_names(entries: list[CatalogEntry]) -> list[tuple[str, CatalogEntry]]:
-    """Names for a listing in creation order: the first holder of a name keeps it, later
-    ones get " [<last 8 hex digits of the id>]" before the extension."""
-    used: set[str] = set()
-    out = []
-    for entry in entries:
-        name = display_name(entry.attr.get("original_filename") or entry.file_id)
-        if name in used:
-            name = fit_name(name, f" [{entry.file_id.replace('-', '')[-8:]}]")
-        used.add(name)
-        out.append((name, entry))
-    return out
-
-
-def by_id_name(entry: CatalogEntry) -> str:
-    _, ext = L.split_extension(entry.attr.get("original_filename") or "")
-    return entry.file_id + ext
 
 
 def _ms_key(moment: datetime) -> bytes:

@@ -40,18 +40,6 @@ def _subcommands(parser):
                 yield name, helps.get(name, ""), sub
 
 
-def _synopsis(prefix: str, parser) -> list[str]:
-    out = [f".It Nm {prefix}" if not prefix.startswith("artstore") else ""]
-    words = []
-    for a in _options(parser):
-        flag = a.option_strings[-1]
-        words.append(f"Op Fl {flag[1:]}" + (f" Ar {a.metavar or a.dest}" if a.nargs != 0 else ""))
-    for a in _positionals(parser):
-        meta = a.metavar or a.dest
-        words.append(f"Ar {meta}" + (" ..." if a.nargs in ("+", "*") else ""))
-    return words
-
-
 COMMON = {"--json", "--url", "--credentials"}
 
 

@@ -1,8 +1,15 @@
-import os
-
 import pytest
 
+from artstored.engine import Store, StoreConfig
 from harness import DAEMON_LOGS, ISSUED_SECRETS, Daemon
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real Store (engine only: real LMDB, real files) in a temporary directory."""
+    s = Store(StoreConfig(data_dir=str(tmp_path / "data")))
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,5 @@
 """Accounts, lockouts, key rotation, revocation and the audit trail, through a real daemon."""
 
-import base64
 import json
 import os
 import socket

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from harness import objects_files, store_snapshot, tmp_files
+from harness import store_snapshot, tmp_files
 
 MIB = 1024 * 1024
 

@@ -17,12 +17,6 @@ from artstored.engine.retention import collect_expired
 ALICE = Actor("cl_alice", "alice", "user")
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(StoreConfig(data_dir=str(tmp_path / "data")))
-    yield s
-    s.close()
-
 
 def reopen(store: Store) -> Store:
     config = store.config
@@ -32,8 +26,8 @@ def reopen(store: Store) -> Store:
 
 def test_retention_gc_removes_only_expired(store):
     keep = store.ingest([b"keep"], UploadRequest("keep.txt"), ALICE)
-    short = store.ingest([b"short"], UploadRequest("short.txt", retention_policy="temporary",
-                                                   ttl_days=1), ALICE)
+    store.ingest([b"short"], UploadRequest("short.txt", retention_policy="temporary",
+                                           ttl_days=1), ALICE)
     long = store.ingest([b"long"], UploadRequest("long.txt", retention_policy="temporary",
                                                  ttl_days=10), ALICE)
     assert collect_expired(store)["removed"] == 0

@@ -5,18 +5,12 @@ import os
 
 import pytest
 
-from artstored.engine import Actor, Store, StoreConfig, UploadRequest
-from artstored.fuse.model import (ARCHIVED_ERRNO, ArchiveModel, FsError, display_name,
-                                  file_ino, fit_name)
+from artstored.engine import Actor, UploadRequest
+from artstored.fuse.model import ARCHIVED_ERRNO, ArchiveModel, FsError
+from artstored.fuse.names import display_name, file_ino, fit_name
 
 ALICE = Actor("cl_alice", "alice", "user")
 
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(StoreConfig(data_dir=str(tmp_path / "data")))
-    yield s
-    s.close()
 
 
 def put(store, name, data=b"x", **kw):

@@ -10,10 +10,8 @@ import subprocess
 import threading
 import time
 
-import pytest
-
 from artstored import config as C
-from harness import ARTSTORE, ARTSTORED, BIN, Api, Daemon, free_port
+from harness import ARTSTORE, ARTSTORED, BIN, Api, Daemon
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,20 +10,15 @@ import sys
 import urllib.parse
 
 from .. import audit
-from .. import config as C
 from ..engine import lmdb_schema as S
 from ..index.search import parse_time_param
-from .common import UsageError, add_remote_options, emit, make_client
+from .common import UsageError, add_remote_options, emit, load_config, make_client
 
 FILTERS = ("actor", "kind", "file_id")
 
 
 def _env(args) -> S.Env:
-    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")}
-    try:
-        cfg = C.load(None, overrides=overrides)
-    except C.ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    cfg = load_config(args)
     path = os.path.join(cfg.data_dir, "store.lmdb")
     if not os.path.isdir(path):
         raise UsageError(f"{cfg.data_dir}: no store.lmdb here")

@@ -57,6 +57,19 @@ def make_client(args) -> Client:
         raise UsageError(str(exc)) from None
 
 
+def load_config(args):
+    """The configuration for a command with ``--config`` and ``--data-dir`` options;
+    UsageError (exit 2) naming the bad key."""
+    from .. import config as C
+
+    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} \
+        if getattr(args, "data_dir", None) else {}
+    try:
+        return C.load(getattr(args, "config", None), overrides=overrides)
+    except C.ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def emit(args, data, human=None) -> None:
     """Print ``data`` as JSON with --json, else ``human(data)`` (or JSON if none)."""
     if args.json or human is None:

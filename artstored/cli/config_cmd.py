@@ -4,16 +4,11 @@ from; the commented example file."""
 from __future__ import annotations
 
 from .. import config as C
-from .common import UsageError, add_json_option, emit
+from .common import add_json_option, emit, load_config
 
 
 def cmd_show(args) -> int:
-    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} if args.data_dir \
-        else {}
-    try:
-        cfg = C.load(args.config, overrides=overrides)
-    except C.ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    cfg = load_config(args)
     rows = [{"key": k, "value": v, "source": s} for k, v, s in cfg.items()]
     emit(args, {"items": rows}, lambda d: "\n".join(
         f"{r['key']:<36} = {C._toml_value(r['value']):<28}  # {r['source']}"

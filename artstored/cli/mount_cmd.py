@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import os
 
-from .. import config as C
 from .. import logs
-from .common import UsageError
+from .common import UsageError, load_config
 
 
 def cmd_mount(args) -> int:
     from ..fuse.mount import run
 
-    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} if args.data_dir \
-        else {}
-    try:
-        cfg = C.load(args.config, overrides=overrides)
-    except C.ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    cfg = load_config(args)
     if not os.path.isdir(args.mountpoint):
         raise UsageError(f"{args.mountpoint}: not a directory")
     if not os.path.isdir(os.path.join(cfg.data_dir, "store.lmdb")):

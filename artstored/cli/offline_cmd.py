@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from .. import config as C
 from ..daemon import store_config
 from ..engine.rebuild import rebuild_catalog
 from ..engine.store import Store
-from .common import UsageError, add_json_option, emit
+from .common import add_json_option, emit, load_config
 
 
 def open_store(args) -> Store:
-    overrides = {"storage.data_dir": (args.data_dir, "flag --data-dir")} if args.data_dir \
-        else {}
-    try:
-        cfg = C.load(args.config, overrides=overrides)
-    except C.ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return Store(store_config(cfg))
+    return Store(store_config(load_config(args)))
 
 
 def _rebuild_text(r: dict) -> str:
