@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import time
 
 from . import core, fuse, search, suite
 
@@ -95,20 +96,26 @@ def main(argv=None) -> int:
         fuse_params = {"big": 16 << 20, "small_files": 50, "dir_files": 500,
                        "tree_files": 2000}
     else:
-        params = {"size": 1 << 30, "repeats": 3, "small_count": 4000}
+        params = {"size": 1 << 30, "repeats": 2, "small_count": 3000}
         search_sizes = [100_000, 1_000_000]
         fuse_params = {}
     results: dict = {}
     try:
         # Each part is printed as soon as it is measured, so a failure later keeps it.
+        started = time.monotonic()
+        timings = results["seconds"] = {}
         results["core"] = core.run(os.path.join(args.work, "core"),
                                    sync_method=args.sync_method, **params)
+        timings["core"] = round(time.monotonic() - started)
         results["search"] = [search.run(os.path.join(args.work, "search"), n)
                              for n in search_sizes]
+        timings["search"] = round(time.monotonic() - started - sum(timings.values()))
         results["fuse"] = fuse.run(os.path.join(args.work, "fuse"), **fuse_params)
         results["fuse"]["params"] = fuse_params or "full"
+        timings["fuse"] = round(time.monotonic() - started - sum(timings.values()))
         print(report(results), flush=True)
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
+        timings["suite"] = round(time.monotonic() - started - sum(timings.values()))
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -122,7 +129,9 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(results, f, indent=2)
     png = suite.chart(results["suite"], os.path.join(args.out, stem + ".png"))
-    print(f"\nfigures: {os.path.join(args.out, stem + '.json')}"
+    print(f"\nminutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in results["seconds"].items())
+          + f"; total {sum(results['seconds'].values()) / 60:.1f}")
+    print(f"figures: {os.path.join(args.out, stem + '.json')}"
           + (f", chart: {png}" if png else " (no chart: matplotlib is not installed)"))
     return 0
 

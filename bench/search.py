@@ -225,7 +225,7 @@ def dir_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run(work: str, count: int, queries: int = 1200) -> dict:
+def run(work: str, count: int, queries: int = 600) -> dict:
     data_dir = os.path.join(work, f"search-{count}-{uuid.uuid4().hex[:6]}")
     fill_seconds, rate = populate(data_dir, count)
     index_bytes = dir_bytes(os.path.join(data_dir, "index"))
