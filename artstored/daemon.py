@@ -98,6 +98,8 @@ async def _gc_loop(svc: Services) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(
                 None, retention.collect_expired, svc.store)
+            # Revocations of tokens that have expired anyway are no longer needed.
+            await asyncio.get_running_loop().run_in_executor(None, svc.accounts.purge_revoked)
         except Exception:
             log.exception("retention GC failed")
 

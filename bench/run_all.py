@@ -20,8 +20,6 @@ from . import core, fuse, search, suite
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
-SEARCH_GOALS = {"module_p99_ms": 5.0, "api_p99_ms": 20.0, "api_over_module_p99": 3.0,
-                "bulk_index_per_s": 20_000, "index_bytes_per_record": 400}
 
 
 def _row(name: str, ours: float, ref: float, ratio: float, goal: float | None,
@@ -129,7 +127,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, stem + ".json"), "w") as f:
         json.dump(results, f, indent=2)
     png = suite.chart(results["suite"], os.path.join(args.out, stem + ".png"))
-    print(f"\nminutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in results["seconds"].items())
+    print("\nminutes: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in results["seconds"].items())
           + f"; total {sum(results['seconds'].values()) / 60:.1f}")
     print(f"figures: {os.path.join(args.out, stem + '.json')}"
           + (f", chart: {png}" if png else " (no chart: matplotlib is not installed)"))

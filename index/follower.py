@@ -48,9 +48,7 @@ class IndexFollower:
         self.path = path
         self.schema = build_schema()
         self.applied_seq = 0
-        self.applied_at = time.time()
         self.commits = 0
-        self.records_applied = 0
         self.last_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -139,7 +137,6 @@ class IndexFollower:
                 self._rebuild(progress=None)
             else:
                 self._commit(last)
-            self.records_applied += len(records)
         return len(records) == APPLY_BATCH
 
     def _apply(self, record: dict) -> bool:
@@ -162,7 +159,6 @@ class IndexFollower:
         self.writer.commit()
         self.index.reload()
         self.applied_seq = seq
-        self.applied_at = time.time()
         self.commits += 1
 
     # --- rebuilding -----------------------------------------------------------------------

@@ -260,6 +260,11 @@ def test_grace_ends_and_secrets_expire(tmp_path):
         with pytest.raises(Unauthorized) as info:
             accounts.authenticate(account["client_id"], secret, now=time.time() + 86401)
         assert info.value.code == "secret_expired"
+        # Revocations outlive their tokens only until the GC purges them.
+        accounts.revoke_token("old-jti", int(time.time()) - 10, Actor("t", "t"), client_id="x")
+        accounts.revoke_token("live-jti", int(time.time()) + 600, Actor("t", "t"), client_id="x")
+        assert accounts.purge_revoked() == 1
+        assert not accounts.token_allowed(account["client_id"], 1, "live-jti")
     finally:
         store.close()
 

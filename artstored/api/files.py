@@ -72,8 +72,10 @@ async def get_file(request: web.Request) -> web.Response:
 @requires(R.USER, R.FILES_READ)
 async def download_file(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    entry, fobj = await blocking(svc.store.open_content, request.match_info["file_id"])
-    return await blocking(download.build_response, request, entry.attr, fobj)
+    def open_and_build():
+        entry, fobj = svc.store.open_content(request.match_info["file_id"])
+        return download.build_response(request, entry.attr, fobj)
+    return await blocking(open_and_build)
 
 
 def _expected_version(request: web.Request) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -28,7 +28,6 @@ class Services:
     stopping: bool = False        # SIGTERM received: no new uploads
     startup_error: str | None = None
     inflight_requests: int = 0    # counted by the request-id middleware
-    extras: dict = field(default_factory=dict)
 
     def require_ready(self) -> None:
         if not self.started:

@@ -108,9 +108,5 @@ def object_relpath(created_at: datetime, name: str) -> str:
     return f"{object_dir(created_at)}/{name}"
 
 
-def attr_relpath(data_relpath: str) -> str:
-    return data_relpath + ATTR_SUFFIX
-
-
 def is_attr_file(name: str) -> bool:
     return name.endswith(ATTR_SUFFIX) and not name.startswith(".")

@@ -49,7 +49,7 @@ META_STATS = b"stats"             # {files, bytes}: kept in the same txn as cata
 
 MIGRATIONS: dict[int, callable] = {}
 
-DEFAULT_MAP_SIZE = 1 << 34  # 16 GiB of address space; grown on MapFullError
+DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space only: data.mdb grows as it is used
 
 
 def seq_key(seq: int) -> bytes:
@@ -121,15 +121,11 @@ class Env:
                 txn.put(META_SCHEMA, msgpack.packb(found), db=self.dbs[DB_META])
 
     def write(self):
-        """A write transaction; grows the map once if it is full (see ``grow``)."""
+        """A write transaction (MapFullError past ``map_size``: ``storage.lmdb_map_size``)."""
         return self.env.begin(write=True)
 
     def read(self):
         return self.env.begin(buffers=False)
-
-    def grow(self) -> None:
-        """Double the map size (after MapFullError; the caller retries its transaction)."""
-        self.env.set_mapsize(self.env.info()["map_size"] * 2)
 
     def sync(self) -> None:
         self.env.sync(True)
