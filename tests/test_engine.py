@@ -112,7 +112,7 @@ def test_crash_halfway_through_the_move(store):
 def test_clean_stop_leaves_no_intents(store):
     store.ingest([b"a"], UploadRequest("a.txt"), ALICE)
     store = reopen(store)
-    assert store.recovery_report == {"rolled_forward": 0, "rolled_back": 0, "unresolved": 0,
+    assert store.recovery_report == {"rolled_forward": 0, "rolled_back": 0, "unresolved": 0, "damaged": 0,
                                      "tmp_removed": 0}
     store.close()
 

@@ -125,6 +125,33 @@ class StorageFull(ArtStoreError):
     title = "Insufficient storage"
 
 
+class DiskOffline(ArtStoreError):
+    """A configured disk root is not usable (not mounted, identity file missing): its files
+    cannot be read or written until it is back. Nothing is ever written in its place."""
+
+    code = "disk_offline"
+    status = 503
+    title = "A disk is offline"
+
+
+class Busy(ArtStoreError):
+    """The file is being moved into place by a commit that has not finished; try again."""
+
+    code = "busy"
+    status = 503
+    title = "Try again"
+
+
+def storage_error(exc: OSError) -> BaseException:
+    """The error a caller can act on for an OSError from a write: StorageFull for ENOSPC and
+    EDQUOT (507), the OSError itself otherwise."""
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        err = StorageFull(f"the disk is full: {exc.strerror}")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
 # --- authentication and authorisation (raised by artstored.auth) -------------------------
 
 

@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import catalog, durable, ids
+from .errors import Busy, storage_error
 from . import layout as L
 from . import modes as M
 from . import wal as W
@@ -87,7 +88,10 @@ class CommitStats:
 
 
 def place_intent(entry: CatalogEntry, tmp_data: str) -> dict:
-    return {"file_id": entry.file_id, "disk": entry.disk, "rel": entry.rel, "tmp": tmp_data}
+    """The ``file.place`` intent: where the committed file is, by disk identity and names
+    inside that disk (never an absolute path: a root may be mounted elsewhere next time)."""
+    return {"file_id": entry.file_id, "disk": entry.disk, "rel": entry.rel,
+            "tmp_name": os.path.basename(tmp_data)}
 
 
 class GroupCommitter:
@@ -107,6 +111,7 @@ class GroupCommitter:
         self._placed_dirs: set[str] = set()
         # file_id -> tmp data path, while a committed file is between tmp/ and objects/.
         self._placing: dict[str, str] = {}
+        self._placed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._stopped = False
         self._thread.start()
@@ -124,6 +129,16 @@ class GroupCommitter:
     def placing(self, file_id: str) -> str | None:
         """The tmp/ path of a committed file whose rename into objects/ is under way."""
         return self._placing.get(file_id)
+
+    def wait_placed(self, file_id: str, timeout: float = 30.0) -> None:
+        """Return once ``file_id`` is not between tmp/ and objects/ (at once for a file that
+        never was, or is placed). A PATCH or DELETE calls this after it has seen the catalog
+        entry, so it never writes beside a rename that would then undo it. Raises Busy if
+        the move has not finished in ``timeout`` (its rename failed: recovery will do it)."""
+        with self._placed:
+            if not self._placed.wait_for(lambda: file_id not in self._placing, timeout):
+                raise Busy(f"file {file_id} is still being moved into place; try again later",
+                           file_id=file_id)
 
     def stop(self) -> None:
         """Commit what is queued, make the last renames durable, stop the thread."""
@@ -220,6 +235,9 @@ class GroupCommitter:
                 live.append(item)
             except OSError as exc:
                 log.error("staging %s failed: %s", item.entry.file_id, exc)
+                self._fail(item, storage_error(exc))
+            except BaseException as exc:  # StorageFull from materialize, or a bug
+                log.error("staging %s failed: %s", item.entry.file_id, exc)
                 self._fail(item, exc)
         return live
 
@@ -247,8 +265,10 @@ class GroupCommitter:
         try:
             self._write_txn(live)
         except BaseException:
-            for item in live:
-                self._placing.pop(item.entry.file_id, None)
+            with self._placed:
+                for item in live:
+                    self._placing.pop(item.entry.file_id, None)
+                self._placed.notify_all()
             raise
         self._placed_ops = []
 
@@ -279,7 +299,9 @@ class GroupCommitter:
                 log.error("moving %s into objects/ failed (recovery retries it): %s",
                           item.entry.file_id, exc)
                 continue
-            self._placing.pop(item.entry.file_id, None)
+            with self._placed:
+                self._placing.pop(item.entry.file_id, None)
+                self._placed.notify_all()
             self._placed_ops.append(ids.file_id_key(item.entry.file_id))
             self._placed_dirs.add(os.path.dirname(data_path))
 

@@ -2,7 +2,9 @@
 
 An ``UploadWriter`` never holds more than the chunk it is given. The size limit and the
 disk's reserve are enforced on every chunk, so an oversized or disk-filling upload fails as
-soon as it crosses the line, not after the whole body has arrived.
+soon as it crosses the line, not after the whole body has arrived. Space is claimed from the
+DiskSet ahead of the bytes (in slabs, so a streaming upload asks rarely) and given back as
+they land on the disk, so uploads running side by side share the room there is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import xxhash
 
 from . import durable
 from .disks import Disk, DiskSet
-from .errors import StorageFull, UploadTooLarge
+from .errors import StorageFull, UploadTooLarge, storage_error
+
+# A streaming upload claims disk space this much at a time (or what one write needs).
+CLAIM_SLAB = 64 << 20
 
 # Files at least this large are fdatasync'd by their uploader; smaller ones by the batch.
 SYNC_OWN_BYTES = 1 << 20
@@ -43,12 +48,12 @@ class UploadWriter:
     digests; the group commit makes it durable and moves it out of ``tmp/``.
     """
 
-    def __init__(self, disks: DiskSet, disk: Disk, allowance: int, max_bytes: int):
+    def __init__(self, disks: DiskSet, disk: Disk, max_bytes: int):
         self.upload_id = uuid.uuid4().hex
         self.disks = disks
         self.disk = disk
         self.max_bytes = max_bytes
-        self.allowance = allowance
+        self._claimed = 0   # claimed from the DiskSet and not yet written
         self.tmp_path = os.path.join(disk.tmp, f"{self.upload_id}.part")
         self.size = 0
         self._sha256 = hashlib.sha256()
@@ -80,6 +85,9 @@ class UploadWriter:
                 if hashing is not None:
                     hashing.result()
             self.size += n
+            # Written: the bytes now count in the filesystem's free space itself.
+            self._claimed -= n
+            self.disks.release(self.disk, n)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.write_many([chunk])
@@ -88,33 +96,38 @@ class UploadWriter:
         if self.size + n > self.max_bytes:
             raise UploadTooLarge(f"upload exceeds the limit of {self.max_bytes} bytes",
                                  limit=self.max_bytes)
-        if self.size + n > self.allowance:
-            # Others may have freed space since we started; look again before refusing.
-            self.allowance = self.size + self.disks.usable(self.disk)
-            if self.size + n > self.allowance:
-                raise StorageFull("the disk's reserve would be crossed by this upload")
+        if n > self._claimed:
+            want = n - self._claimed
+            slab = max(want, min(CLAIM_SLAB, self.max_bytes - self.size - self._claimed))
+            if not self.disks.claim(self.disk, slab):
+                if not self.disks.claim(self.disk, want):
+                    raise StorageFull("the disk's reserve would be crossed by this upload "
+                                      "(with the uploads in flight beside it)")
+                slab = want
+            self._claimed += slab
+
+    def _release_claim(self) -> None:
+        self.disks.release(self.disk, self._claimed)
+        self._claimed = 0
 
     def _write_out(self, chunks) -> None:
         try:
             durable.writev_all(self._fd, chunks)
         except OSError as exc:
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise StorageFull("the disk is full") from exc
-            raise
+            raise storage_error(exc) from exc
 
     def finish(self) -> None:
         """Close the file and set the digests. A file of SYNC_OWN_BYTES or more is flushed
         to stable storage here, by its own thread and in parallel with other uploads; a
         smaller one is left to the group commit's single flush of its batch."""
         with self._lock:
+            self._release_claim()
             try:
                 if self.size >= SYNC_OWN_BYTES:
                     os.fdatasync(self._fd)
                     self.synced = True
             except OSError as exc:
-                if exc.errno in (28, 122):
-                    raise StorageFull("the disk is full") from exc
-                raise
+                raise storage_error(exc) from exc
             finally:
                 os.close(self._fd)
                 self._fd = None
@@ -125,6 +138,7 @@ class UploadWriter:
         """Close and remove the temporary file. Idempotent; never raises for a file that is
         already gone."""
         with self._lock:
+            self._release_claim()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
@@ -148,20 +162,24 @@ class BufferedUpload:
     """A small upload whose bytes are in memory: hashed at once, written to ``tmp/`` by the
     group commit (``materialize``) together with the rest of its batch, so the request
     path does no disk I/O at all. Same interface as UploadWriter after ``finish``.
-    Raises UploadTooLarge or StorageFull on creation."""
+    Raises UploadTooLarge or StorageFull on creation; its size stays claimed on the disk
+    until ``materialize`` has written it (or ``abort``)."""
 
     synced = False
 
-    def __init__(self, disks: DiskSet, disk: Disk, allowance: int, max_bytes: int, chunks):
+    def __init__(self, disks: DiskSet, disk: Disk, max_bytes: int, chunks):
         self.upload_id = uuid.uuid4().hex
+        self.disks = disks
         self.disk = disk
         self.chunks = list(chunks)
         self.size = sum(len(c) for c in self.chunks)
         if self.size > max_bytes:
             raise UploadTooLarge(f"upload exceeds the limit of {max_bytes} bytes",
                                  limit=max_bytes)
-        if self.size > allowance:
-            raise StorageFull("the disk's reserve would be crossed by this upload")
+        if not disks.claim(disk, self.size):
+            raise StorageFull("the disk's reserve would be crossed by this upload "
+                              "(with the uploads in flight beside it)")
+        self._claimed = self.size
         sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
         for chunk in self.chunks:
             sha.update(chunk)
@@ -172,21 +190,25 @@ class BufferedUpload:
 
     def materialize(self) -> None:
         """Write the bytes to ``tmp_path`` (not synced: the batch's flush does that)."""
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            for chunk in self.chunks:
-                durable.write_all(fd, chunk)
+            fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o644)
+            try:
+                for chunk in self.chunks:
+                    durable.write_all(fd, chunk)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            os.close(fd)
             self.abort()
-            if exc.errno in (28, 122):
-                raise StorageFull("the disk is full") from exc
-            raise
-        os.close(fd)
+            raise storage_error(exc) from exc
         self.chunks = []
+        self.disks.release(self.disk, self._claimed)
+        self._claimed = 0
 
     def abort(self) -> None:
         self.chunks = []
+        self.disks.release(self.disk, self._claimed)
+        self._claimed = 0
         try:
             os.unlink(self.tmp_path)
         except FileNotFoundError:

@@ -24,8 +24,11 @@ newer schema is refused; an older one is migrated by ``MIGRATIONS[old]`` (none y
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
+import threading
 
 import lmdb
 
@@ -46,10 +49,16 @@ META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}
 META_WAL_HEAD = b"wal_head"       # {seq, hash}: the newest WAL record and its hash
 META_STATS = b"stats"             # {files, bytes}: kept in the same txn as catalog changes
+META_DISKS = b"disks"             # {root path: disk id}: every disk root this store has used
 
 MIGRATIONS: dict[int, callable] = {}
 
 DEFAULT_MAP_SIZE = 1 << 40  # 1 TiB of address space only: data.mdb grows as it is used
+# The map is grown before a write transaction once less than this much of it is left (or a
+# quarter of it, whichever is more), so no single transaction meets a full map.
+GROW_HEADROOM = 64 << 20
+
+log = logging.getLogger("artstored.engine.lmdb")
 
 
 def seq_key(seq: int) -> bytes:
@@ -69,16 +78,69 @@ def split_expiry_key(key: bytes) -> tuple[int, bytes]:
     return struct.unpack(">Q", key[:8])[0], key[8:]
 
 
+class _Gate:
+    """Many transactions at once, or one map resize alone (LMDB may resize its map only
+    while this process has no transaction open). A thread that holds a transaction never
+    waits for a resize: the resize is skipped and tried again before the next write."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+        self._mine = threading.local()
+
+    @contextlib.contextmanager
+    def txn(self):
+        depth = getattr(self._mine, "depth", 0)
+        with self._cond:
+            if depth == 0:
+                self._cond.wait_for(lambda: not self._resizing)
+            self._active += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float):
+        """Yields True with every other transaction in this process finished (new ones
+        wait), or False if that did not happen within ``timeout``."""
+        if getattr(self._mine, "depth", 0):
+            yield False
+            return
+        with self._cond:
+            if self._resizing:
+                yield False
+                return
+            self._resizing = True
+            try:
+                ok = self._cond.wait_for(lambda: self._active == 0, timeout)
+                yield ok
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 class Env:
     """The LMDB environment and its named databases.
 
     ``readonly=True`` is for other processes (the FUSE mount, offline readers): they see each
     commit on their next read transaction and never block the writer.
+
+    The writer's map grows on demand: ``map_size`` is where it starts; before each write
+    transaction the map is doubled when less than ``GROW_HEADROOM`` (or a quarter) is left.
+    Readers in other processes pick the new size up on their next transaction.
     """
 
     def __init__(self, path: str, *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE):
         self.path = path
         self.readonly = readonly
+        self._gate = _Gate()
         if not readonly:
             os.makedirs(path, exist_ok=True)
         self.env = lmdb.open(
@@ -120,12 +182,55 @@ class Env:
                 found += 1
                 txn.put(META_SCHEMA, msgpack.packb(found), db=self.dbs[DB_META])
 
-    def write(self):
-        """A write transaction (MapFullError past ``map_size``: ``storage.lmdb_map_size``)."""
-        return self.env.begin(write=True)
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (pages up to the last one written)."""
+        info = self.env.info()
+        return (info["last_pgno"] + 1) * self.env.stat()["psize"]
 
+    def map_size(self) -> int:
+        return self.env.info()["map_size"]
+
+    def _grow_if_needed(self) -> None:
+        size = self.map_size()
+        headroom = max(GROW_HEADROOM, size // 4)
+        if size - self.used_bytes() >= headroom:
+            return
+        with self._gate.exclusive(timeout=5.0) as alone:
+            if not alone:
+                return  # busy, or called inside a transaction: the next write tries again
+            size = self.map_size()
+            if size - self.used_bytes() >= max(GROW_HEADROOM, size // 4):
+                return
+            new = max(size * 2, self.used_bytes() + 2 * GROW_HEADROOM)
+            self.env.set_mapsize(new)
+            log.info("LMDB map grown from %d to %d bytes", size, new)
+
+    @contextlib.contextmanager
+    def write(self):
+        """A write transaction: commits when the block ends, aborts if it raises. The map is
+        grown first if it is nearly full (see the class docstring)."""
+        self._grow_if_needed()
+        with self._gate.txn():
+            with self.env.begin(write=True) as txn:
+                yield txn
+
+    @contextlib.contextmanager
     def read(self):
-        return self.env.begin(buffers=False)
+        """A read transaction: one consistent snapshot for the whole block."""
+        with self._gate.txn():
+            while True:
+                try:
+                    txn = self.env.begin(buffers=False)
+                    break
+                except lmdb.MapResizedError:  # another process grew the map
+                    self.env.set_mapsize(0)
+            with txn:
+                yield txn
+
+    def clear_stale_readers(self) -> int:
+        """Free reader slots held by processes that died inside a read transaction (a
+        killed mount); returns how many. Stale slots pin old pages, so the file grows."""
+        return self.env.reader_check()
 
     def sync(self) -> None:
         self.env.sync(True)

@@ -1,13 +1,20 @@
 """Resolving PENDING intents at start, before anything is served.
 
 - ``file.place``: the upload is committed; finish moving its data and sidecar from tmp/
-  into objects/ (each rename is atomic, so each file is at one place or the other).
+  into objects/ (each rename is atomic, so each file is at one place or the other), after
+  checking that the data has the catalogued size and SHA-256 and the sidecar names the file.
+  Damaged files are never moved into objects/: they stay where they are, the intent stays,
+  and the report counts them as ``damaged``. A file already in objects/ is never replaced
+  by a copy left in tmp/ (it may have been PATCHed since).
 - ``file.update``: the sidecar was replaced atomically, so it holds either the old or the
   new version: roll forward if it is the new one, else roll back.
 - ``file.delete``: always roll forward (the removal was asked for and is idempotent).
 
-Then every disk's ``tmp/`` is emptied: uploads in flight died with the process that
-received them. The caller holds the data directory's lock, so nothing else is writing.
+Then every online disk's ``tmp/`` is emptied of what no remaining intent names: uploads in
+flight died with the process that received them. Intents name files by disk identity and
+names inside the disk, never by absolute path, so a root mounted elsewhere is still found;
+an intent on an offline disk stays for a later start. The caller holds the data
+directory's lock, so nothing else is writing.
 """
 
 from __future__ import annotations
@@ -20,16 +27,23 @@ from . import catalog, durable
 from . import layout as L
 from . import wal as W
 from .catalog import CatalogEntry
-from .errors import StoreCorrupt
-from .objectfiles import remove_object_files
+from .errors import DiskOffline, StoreCorrupt
+from .objectfiles import hash_file, remove_object_files
 
 log = logging.getLogger("artstored.engine.recovery")
 
 
+class DamagedObject(StoreCorrupt):
+    """A committed file's bytes or sidecar do not match its catalog entry."""
+
+
 def recover(store) -> dict:
-    """Resolve every intent; returns {rolled_forward, rolled_back, unresolved, tmp_removed}."""
+    """Resolve every intent; returns {rolled_forward, rolled_back, unresolved, damaged,
+    tmp_removed}. Never deletes a file that an unresolved intent names."""
     env = store.env
-    report = {"rolled_forward": 0, "rolled_back": 0, "unresolved": 0, "tmp_removed": 0}
+    report = {"rolled_forward": 0, "rolled_back": 0, "unresolved": 0, "damaged": 0,
+              "tmp_removed": 0}
+    keep: set[str] = set()  # tmp/ paths named by intents that stay
     with env.read() as txn:
         pending = W.intents(txn, env)
     for op_id, intent in pending:
@@ -43,17 +57,26 @@ def recover(store) -> dict:
                 outcome = _resolve_delete(store, op_id, intent)
             else:
                 raise StoreCorrupt(f"unknown intent kind {kind!r}")
-        except StoreCorrupt as exc:
-            # e.g. the disk that holds it is not configured now: keep the intent for later.
-            log.error("cannot resolve intent %s (%s): %s", op_id.hex(), kind, exc)
-            report["unresolved"] += 1
+        except (StoreCorrupt, DiskOffline) as exc:
+            # e.g. its disk is offline or not configured now, or its bytes are damaged:
+            # keep the intent, and every file it names, for later.
+            log.error("cannot resolve intent %s (%s %s): %s", op_id.hex(), kind,
+                      intent.get("file_id"), exc)
+            report["damaged" if isinstance(exc, DamagedObject) else "unresolved"] += 1
+            if kind == W.FILE_PLACE:
+                keep.update(_tmp_candidates(store, intent))
             continue
         report[outcome] += 1
         log.info("recovery: %s %s %s", kind, intent.get("file_id"), outcome)
-    for disk in store.disks:
+    for disk in store.disks.online():
         for name in os.listdir(disk.tmp):
-            os.unlink(os.path.join(disk.tmp, name))
+            path = os.path.join(disk.tmp, name)
+            if path in keep or path.removesuffix(L.ATTR_SUFFIX) in keep:
+                continue
+            os.unlink(path)
             report["tmp_removed"] += 1
+        if report["tmp_removed"]:
+            durable.fsync_dir(disk.tmp)
     return report
 
 
@@ -79,22 +102,78 @@ def _read_attr(path: str) -> dict | None:
         return None
 
 
+def _tmp_candidates(store, intent: dict) -> list[str]:
+    """Where a place intent's data file may be in tmp/: by its name inside the disk's tmp/
+    (this format, and the basename of an older intent's absolute path), and that absolute
+    path itself if it still exists."""
+    out = []
+    name = intent.get("tmp_name") or os.path.basename(intent.get("tmp", ""))
+    try:
+        disk = store.disks.get(intent["disk"])
+    except StoreCorrupt:
+        disk = None
+    if disk is not None and name:
+        out.append(os.path.join(disk.tmp, name))
+    if intent.get("tmp"):
+        out.append(intent["tmp"])
+    return out
+
+
+def _check_committed(entry: CatalogEntry, data_path: str, attr_path: str) -> None:
+    """DamagedObject unless the data has the catalogued size and SHA-256 and the sidecar
+    decodes and describes the same file."""
+    try:
+        size, sha = hash_file(data_path)
+    except FileNotFoundError:
+        raise StoreCorrupt(f"committed file {entry.file_id}: {data_path} is missing") from None
+    if size != entry.size or sha != entry.attr.get("checksum_sha256"):
+        raise DamagedObject(f"{data_path}: {size} bytes with SHA-256 {sha}, catalogued "
+                            f"{entry.size} bytes {entry.attr.get('checksum_sha256')}")
+    attr = _read_attr(attr_path)
+    if attr is None or attr.get("file_id") != entry.file_id \
+            or attr.get("checksum_sha256") != sha:
+        raise DamagedObject(f"{attr_path}: sidecar missing, unreadable or of another file")
+
+
 def _resolve_place(store, op_id: bytes, intent: dict) -> str:
     disk = store.disks.get(intent["disk"])
     data_path = disk.data_path(intent["rel"])
-    moves = ((intent["tmp"], data_path), (intent["tmp"] + L.ATTR_SUFFIX,
-                                          data_path + L.ATTR_SUFFIX))
+    attr_path = data_path + L.ATTR_SUFFIX
+    with store.env.read() as txn:
+        entry = catalog.get(txn, store.env, intent["file_id"])
+    candidates = _tmp_candidates(store, intent)
+    tmp_data = next((p for p in candidates if os.path.exists(p)), None)
+    tmp_attr = next((p + L.ATTR_SUFFIX for p in candidates
+                     if os.path.exists(p + L.ATTR_SUFFIX)), None)
+    if entry is None:
+        # Deleted after it was committed (older stores kept the intent): nothing to place.
+        for path in filter(None, (tmp_data, tmp_attr)):
+            os.unlink(path)
+        _drop(store, op_id)
+        return "rolled_back"
+    pairs = ((tmp_data, data_path), (tmp_attr, attr_path))
+    # Check the bytes where they are now, before anything moves; a file already in
+    # objects/ wins over a copy in tmp/ (it may have been PATCHed since).
+    _check_committed(entry, *(final if os.path.exists(final) or tmp is None else tmp
+                              for tmp, final in pairs))
     durable.makedirs_durable(os.path.dirname(data_path), disk.objects)
-    for src, dst in moves:
-        if os.path.exists(src):
-            os.rename(src, dst)
-        elif not os.path.exists(dst):
-            raise StoreCorrupt(f"committed file {intent['file_id']}: neither {src} nor {dst} "
-                               "exists")
+    for tmp, final in pairs:
+        if os.path.exists(final):
+            if tmp is not None:
+                os.unlink(tmp)
+        elif tmp is not None:
+            os.rename(tmp, final)
+        else:
+            raise StoreCorrupt(f"committed file {intent['file_id']}: {final} is missing")
     durable.fsync_dir(os.path.dirname(data_path))
+    durable.fsync_dir(disk.tmp)
+    _drop(store, op_id)
+    return "rolled_forward"
+
+
+def _drop(store, op_id: bytes) -> None:
     with store.env.write() as txn:
         W.drop_intent(txn, store.env, op_id)
-    return "rolled_forward"
 
 
 def _resolve_update(store, op_id: bytes, intent: dict) -> str:

@@ -23,10 +23,10 @@ from . import wal as W
 from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
-                     StoreCorrupt, StoreLocked, UploadTooLarge, ValidationError)
+                     StoreCorrupt, StoreLocked, UploadTooLarge, ValidationError, storage_error)
 from .groupcommit import GroupCommitter, PreparedUpload
 from .ingest import BufferedUpload, UploadWriter
-from .lmdb_schema import DEFAULT_MAP_SIZE, META_ELEMENT, Env
+from .lmdb_schema import DEFAULT_MAP_SIZE, META_DISKS, META_ELEMENT, Env
 from .node import NodeIdentity
 from .objectfiles import remove_object_files
 from .recovery import recover
@@ -77,10 +77,10 @@ class Store:
         try:
             self.node = NodeIdentity(self.data_dir, config.node_name)
             self.env = Env(os.path.join(self.data_dir, "store.lmdb"), map_size=config.map_size)
+            self.stale_readers_cleared = self.env.clear_stale_readers()
             self.mode_lock = threading.RLock()
             self._element = self._load_element(config.initial_mode)
-            self.disks = DiskSet(config.disk_roots(),
-                                 thresholds_for(self.mode, config.thresholds))
+            self.disks = self._open_disks(config)
             self._stripes = [threading.Lock() for _ in range(_STRIPES)]
             self._commit_listeners: list = []
             self.recovery_report = recover(self)
@@ -104,6 +104,28 @@ class Store:
 
     def __exit__(self, *exc):
         self.close()
+
+    def _open_disks(self, config: StoreConfig) -> DiskSet:
+        """The configured roots; a root this store used before and that lost its identity
+        file comes up offline (see ``disks``). New roots are recorded durably."""
+        with self.env.read() as txn:
+            raw = txn.get(META_DISKS, db=self.env.db(b"meta"))
+        known = W.unpack(raw) if raw else {}
+        disks = DiskSet(config.disk_roots(), thresholds_for(self.mode, config.thresholds),
+                        known=known)
+        if disks.registered:
+            with self.env.write() as txn:
+                txn.put(META_DISKS, W.pack({**known, **disks.registered}),
+                        db=self.env.db(b"meta"))
+        for disk in disks.offline():
+            log.error("disk root %s is offline: %s", disk.root, disk.offline_reason)
+        return disks
+
+    def maintain(self) -> dict:
+        """Periodic upkeep, safe to call from any thread at any time: clears LMDB reader
+        slots left by processes that died inside a read transaction (a killed mount), which
+        would otherwise pin old pages and make the file grow forever."""
+        return {"stale_readers_cleared": self.env.clear_stale_readers()}
 
     # --- element state and modes --------------------------------------------------------------
 
@@ -163,8 +185,8 @@ class Store:
             raise UploadTooLarge(
                 f"upload of {expected_size} bytes exceeds the limit of "
                 f"{self.config.max_upload_bytes}", limit=self.config.max_upload_bytes)
-        disk, usable = self.disks.choose(expected_size)
-        return UploadWriter(self.disks, disk, usable, self.config.max_upload_bytes)
+        disk, _ = self.disks.choose(expected_size)
+        return UploadWriter(self.disks, disk, self.config.max_upload_bytes)
 
     def retention_for(self, policy: str | None, ttl_days: int | None) -> tuple[str, int | None]:
         """(policy, ttl_days) after defaults and the mode's rules; raises ValidationError or
@@ -247,8 +269,8 @@ class Store:
         self.require(M.UPLOAD)
         chunks = list(chunks)
         size = sum(len(c) for c in chunks)
-        disk, usable = self.disks.choose(size)
-        upload = BufferedUpload(self.disks, disk, usable, self.config.max_upload_bytes, chunks)
+        disk, _ = self.disks.choose(size)
+        upload = BufferedUpload(self.disks, disk, self.config.max_upload_bytes, chunks)
         return self.prepare_upload(upload, request, actor)
 
     def ingest(self, chunks, request: UploadRequest, actor: W.Actor) -> dict:
@@ -338,6 +360,9 @@ class Store:
             new_entry = CatalogEntry(attr=new_attr, disk=entry.disk, rel=entry.rel)
             op = ids.file_id_key(ids.new_file_id())
             attr_path = self.content_path(entry) + L.ATTR_SUFFIX
+            # Committed a moment ago? Its sidecar may still be on its way into objects/;
+            # writing now would be undone by that rename.
+            self.committer.wait_placed(file_id)
             with self.mode_lock:
                 self.require(M.UPDATE_METADATA)
                 with self.env.write() as txn:
@@ -345,11 +370,13 @@ class Store:
                                  attr=new_attr)
                 try:
                     durable.atomic_write(attr_path, data)
-                except BaseException:
+                except BaseException as exc:
                     with self.env.write() as txn:
                         W.append(txn, self.env, W.FILE_UPDATE, actor, state=W.ROLLED_BACK,
                                  file_id=file_id)
                         W.drop_intent(txn, self.env, op)
+                    if isinstance(exc, OSError):
+                        raise storage_error(exc) from exc
                     raise
                 with self.env.write() as txn:
                     catalog.put(txn, self.env, new_entry)
@@ -371,6 +398,9 @@ class Store:
             self.require(M.DELETE)
         with self._stripe(file_id):
             entry = self.get(file_id)
+            data_path = self.content_path(entry)
+            # A rename into objects/ still under way would bring the file back.
+            self.committer.wait_placed(file_id)
             op = ids.file_id_key(ids.new_file_id())
             with self.mode_lock:
                 if check_mode:
@@ -378,9 +408,12 @@ class Store:
                 with self.env.write() as txn:
                     W.put_intent(txn, self.env, op, W.FILE_DELETE, actor, file_id=file_id,
                                  disk=entry.disk, rel=entry.rel)
-                remove_object_files(self.content_path(entry))
+                remove_object_files(data_path)
                 with self.env.write() as txn:
                     catalog.delete(txn, self.env, entry)
+                    # The upload's place intent, if the batch after it has not dropped it
+                    # yet: recovery must not look for the files this delete removed.
+                    W.drop_intent(txn, self.env, ids.file_id_key(file_id))
                     W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id,
                              data={"reason": reason, "size": entry.size,
                                    "checksum_sha256": entry.attr.get("checksum_sha256")})
