@@ -4,10 +4,13 @@
 # attr, rsync: the FUSE tests call getfattr and rsync. mandoc: the tests lint the man pages.
 # swift-object, nginx-light: the reference servers the benchmarks compare against (the
 # quick benchmark is part of make test). prometheus: promtool checks our metrics. python3-venv/-dev, gcc: the venv and C extensions
-# on a machine whose python3 is Debian's.
+# on a machine whose python3 is Debian's. util-linux (losetup, mount), e2fsprogs (mkfs.ext4,
+# e2fsck), xfsprogs (mkfs.xfs, xfs_repair): the power-cut tests put each disk and LMDB on a
+# loop-mounted ext4 or XFS image. systemd: the tests run systemd-analyze verify on the units.
+# make: the README's commands.
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
-          swift-object nginx-light prometheus)
+          swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

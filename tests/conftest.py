@@ -1,7 +1,7 @@
 import pytest
 
 from artstored.engine import Store, StoreConfig
-from harness import DAEMON_LOGS, ISSUED_SECRETS, Daemon
+from harness import DAEMON_LOGS, ISSUED_SECRETS, SUMMARY, Daemon
 
 
 @pytest.fixture
@@ -59,3 +59,11 @@ def shared_daemon(tmp_path_factory):
 @pytest.fixture
 def api(shared_daemon):
     return shared_daemon.api()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the durability tests checked, printed even when they pass."""
+    if SUMMARY:
+        terminalreporter.section("what was checked")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)

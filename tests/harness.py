@@ -22,9 +22,29 @@ BIN = os.path.dirname(sys.executable)
 
 # Every secret and token the tests were given: none may ever show up in a daemon's log.
 ISSUED_SECRETS: set[str] = set()
+# Lines printed after the run's summary (counts a test wants the reader to see).
+SUMMARY: list[str] = []
 DAEMON_LOGS: set[str] = set()
 ARTSTORED = os.path.join(BIN, "artstored")
 ARTSTORE = os.path.join(BIN, "artstore")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy, and return that value.
+
+    Raises AssertionError naming ``what`` (and the last value seen) if it is still falsy
+    after ``timeout`` seconds: tests synchronise on the condition itself, never on a sleep.
+    An exception from the predicate propagates at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} "
+                                 f"(last value: {value!r:.300})")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -293,18 +313,12 @@ def tmp_files(data_dir: str) -> list[str]:
 
 
 def store_snapshot(data_dir: str) -> dict:
-    """What LMDB holds, read directly (read-only, as the FUSE mount reads it): catalog
-    entries, PENDING intents, and the newest WAL sequence."""
-    from artstored.engine import lmdb_schema as S
-    from artstored.engine import wal as W
+    """What the store holds, read from another process as the FUSE mount reads it (the
+    engine's ReadView, read-only): catalog ids, PENDING intents, the newest WAL sequence."""
+    from artstored.engine.view import ReadView
 
-    env = S.Env(os.path.join(data_dir, "store.lmdb"), readonly=True)
-    try:
-        with env.read() as txn:
-            catalog_ids = [W.unpack(v)["attr"]["file_id"]
-                           for _, v in txn.cursor(db=env.db(S.DB_CATALOG))]
-            pending = W.intents(txn, env)
-            seq, _ = W.head(txn, env)
-    finally:
-        env.close()
+    with ReadView.open(data_dir) as view, view.snapshot() as snap:
+        catalog_ids = [e.file_id for e in snap.entries()]
+        pending = snap.pending_intents()
+        seq = snap.wal_head().seq
     return {"catalog": catalog_ids, "pending": pending, "wal_seq": seq}
