@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench bench-quick system-deps install-system clean
+.PHONY: install run test bench bench-quick bench-crash system-deps install-system clean
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -33,6 +33,10 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run_all --quick
+
+# A soak of 1,000 power cuts under load (root; about an hour): lost/resurrected/partial = 0.
+bench-crash: install
+	$(BIN)/python -m bench.powercut --cycles $${CYCLES:-1000}
 
 # Install for systemd on this host (root): venv in /opt/artstore, units, man pages, example
 # config, the artstore user. DESTDIR=dir stages the files instead.
