@@ -31,9 +31,23 @@ class Workload:
         self.patched = patched      # file_id -> (version, description)
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self.upload_loop, args=(i,), daemon=True)
-                        for i in range(UPLOADERS)]
-        self.threads.append(threading.Thread(target=self.patch_loop, daemon=True))
+        self.killed = threading.Event()   # set just before the SIGKILL
+        self.errors: list[str] = []       # failures in the threads: the test asserts none
+        self.threads = [threading.Thread(target=self._guard, args=(self.upload_loop, i),
+                                         daemon=True) for i in range(UPLOADERS)]
+        self.threads.append(threading.Thread(target=self._guard, args=(self.patch_loop,),
+                                             daemon=True))
+
+    def _guard(self, loop, *args):
+        try:
+            loop(*args)
+        except BaseException as exc:  # an assertion in a thread must fail the test
+            self.errors.append(f"{loop.__name__}: {exc!r}")
+
+    def _unexpected(self, what: str, status: int, body: bytes) -> None:
+        """An answer that is neither success nor the daemon dying: before the kill, a bug."""
+        if not self.killed.is_set():
+            self.errors.append(f"{what}: {status} {body[:300]!r}")
 
     def start(self):
         for t in self.threads:
@@ -43,6 +57,8 @@ class Workload:
         self.stop.set()
         for t in self.threads:
             t.join(30)
+            if t.is_alive():
+                self.errors.append(f"{t.name} did not stop")
 
     def _conn(self):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
@@ -68,9 +84,11 @@ class Workload:
                 return  # the daemon died
             if resp.status == 201:
                 attr = json.loads(answer)
-                assert attr["checksum_sha256"] == sha and attr["file_size"] == size
+                assert attr["checksum_sha256"] == sha and attr["file_size"] == size, attr
                 with self.lock:
                     self.acked[attr["file_id"]] = (sha, size)
+            else:
+                self._unexpected("upload", resp.status, answer)
 
     def patch_loop(self):
         rng = random.Random(self.rng.random())
@@ -102,6 +120,8 @@ class Workload:
                     prev = self.patched.get(fid, (0, None))
                     if doc["version"] > prev[0]:
                         self.patched[fid] = (doc["version"], text)
+            else:
+                self._unexpected("patch", resp.status, answer)
 
 
 def list_all(api: Api) -> list[dict]:
@@ -158,9 +178,11 @@ def test_sigkill_cycles_lose_nothing_acknowledged(make_daemon):
     for cycle in range(CYCLES):
         work = Workload(daemon.port, daemon.admin_token(), rng, acked, patched)
         work.start()
-        time.sleep(rng.uniform(0.05, 1.2))
+        time.sleep(rng.uniform(0.05, 1.2))  # the random moment of the crash
+        work.killed.set()
         daemon.kill()
         work.join()
+        assert not work.errors, work.errors[:5]
         daemon.start()
         api = daemon.api()
         recovery = api.get("/api/v1/element").json()["recovery"]
