@@ -6,7 +6,9 @@ Environment: ``<data_dir>/store.lmdb/``. Values are msgpack unless said otherwis
 db       key                                    value
 ======== ====================================== ==========================================
 meta     ascii name                             see META_* below
-wal      seq, 8 bytes big-endian                committed WAL record (see ``wal``)
+wal      seq, 8 bytes big-endian                committed WAL record (see ``wal``): the
+                                                tail; older records are in sealed segment
+                                                files (see ``walseg``)
 pending  op id, 16 bytes (uuid)                 PENDING intent (see ``wal``)
 catalog  file id, 16 raw UUID bytes             CatalogEntry: {attr, disk, rel}
 expiry   expires_at µs 8 BE + file id 16        b"" (temporary files, for the GC)
@@ -49,6 +51,7 @@ META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}
 META_WAL_HEAD = b"wal_head"       # {seq, hash}: the newest WAL record and its hash
 META_STATS = b"stats"             # {files, bytes}: kept in the same txn as catalog changes
+META_WAL_SEALED = b"wal_sealed"  # {through, hash, segments}: the log's sealed part (walseg)
 META_DISKS = b"disks"             # {root path: disk id}: every disk root this store has used
 
 MIGRATIONS: dict[int, callable] = {}

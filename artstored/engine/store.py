@@ -20,6 +20,7 @@ from . import catalog, durable, ids
 from . import layout as L
 from . import modes as M
 from . import wal as W
+from . import walseg
 from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
@@ -49,6 +50,7 @@ class StoreConfig:
     map_size: int = DEFAULT_MAP_SIZE
     node_name: str | None = None
     thresholds: dict[str, Thresholds] | None = None
+    wal_segment_records: int = walseg.DEFAULT_SEGMENT_RECORDS
 
     def disk_roots(self) -> list[str]:
         return self.disks or [os.path.join(self.data_dir, "disks", "0")]
@@ -122,10 +124,13 @@ class Store:
         return disks
 
     def maintain(self) -> dict:
-        """Periodic upkeep, safe to call from any thread at any time: clears LMDB reader
-        slots left by processes that died inside a read transaction (a killed mount), which
-        would otherwise pin old pages and make the file grow forever."""
-        return {"stale_readers_cleared": self.env.clear_stale_readers()}
+        """Periodic upkeep, safe to call from any thread at any time (durable when it
+        returns): clears LMDB reader slots left by processes that died inside a read
+        transaction (a killed mount), which would otherwise pin old pages and make the file
+        grow forever; seals old WAL records into segment files, so LMDB holds the catalog
+        and fewer than ``2 × wal_segment_records`` records of the log."""
+        return {"stale_readers_cleared": self.env.clear_stale_readers(),
+                "wal_records_sealed": W.seal(self.env, self.config.wal_segment_records)}
 
     # --- element state and modes --------------------------------------------------------------
 

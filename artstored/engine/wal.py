@@ -12,6 +12,10 @@ map that carries ``prev``, the hash of the record before it, and ``meta.wal_head
 newest sequence and hash. Changing any byte of a record breaks its own hash, and replacing a
 whole record breaks the next one's ``prev`` (``verify_chain`` names the record).
 
+Only the tail of the log is in LMDB: ``seal`` moves old records, unchanged, into
+append-only segment files beside the data (``walseg``). Every reader here — ``read_from``,
+``records``, ``count``, ``verify_chain`` — reads the segments and the tail as one log.
+
 Body (msgpack map): ``seq``, ``ts`` (µs since epoch), ``kind`` (see KINDS), ``state``,
 ``actor`` ({id, name}), ``file_id`` (or None), ``data`` (kind-specific), ``prev``.
 """
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 import msgpack
 
 from . import lmdb_schema as S
+from . import walseg
+from .errors import StoreCorrupt
 
 PENDING, COMMITTED, ROLLED_BACK = "PENDING", "COMMITTED", "ROLLED_BACK"
 
@@ -129,42 +135,121 @@ def decode_record(raw: bytes) -> dict:
     return unpack(bytes(raw)[:-HASH_BYTES])
 
 
-def read_from(txn, env: S.Env, after_seq: int, limit: int = 1000) -> list[dict]:
-    """Records with ``seq > after_seq`` in order, at most ``limit``."""
-    out = []
+def _sealed(txn, env: S.Env) -> dict:
+    return walseg.sealed(txn, env, unpack)
+
+
+def _segment_path(env: S.Env, name: str) -> str:
+    return f"{walseg.directory(env)}/{name}"
+
+
+def records(txn, env: S.Env, start: int | None = None, order: str = "asc"):
+    """Every record, one by one: ``asc`` from sequence ``start`` (default 1) up, ``desc``
+    from the newest at or below ``start`` (default: the newest) down; sealed segments and
+    the LMDB tail as one log. StoreCorrupt if a segment the log lists is missing."""
+    if order not in ("asc", "desc"):
+        raise ValueError("order must be asc or desc")
+    state = _sealed(txn, env)
+    through = state["through"]
+    if order == "asc":
+        start = max(1, start or 1)
+        for first, last, name, _ in state["segments"]:
+            if last < start:
+                continue
+            for seq, raw in walseg.iter_segment(_segment_path(env, name), first):
+                if seq >= start:
+                    yield decode_record(raw)
+        cur = txn.cursor(db=env.db(S.DB_WAL))
+        if cur.set_range(S.seq_key(max(start, through + 1))):
+            for _, raw in cur:
+                yield decode_record(raw)
+        return
     cur = txn.cursor(db=env.db(S.DB_WAL))
-    if not cur.set_range(S.seq_key(after_seq + 1)):
-        return out
-    for _, raw in cur:
-        out.append(decode_record(raw))
+    if start is None:
+        positioned = cur.last()
+    elif not cur.set_range(S.seq_key(max(0, start))):
+        positioned = cur.last()
+    else:
+        positioned = cur.prev() if S.key_seq(cur.key()) > start else True
+    while positioned:
+        yield decode_record(cur.value())
+        positioned = cur.prev()
+    top = through if start is None else min(start, through)
+    for first, last, name, _ in reversed(state["segments"]):
+        if first > top:
+            continue
+        segment = [raw for seq, raw in walseg.iter_segment(_segment_path(env, name), first)
+                   if seq <= top]
+        for raw in reversed(segment):
+            yield decode_record(raw)
+
+
+def read_from(txn, env: S.Env, after_seq: int, limit: int = 1000) -> list[dict]:
+    """Records with ``seq > after_seq`` in order, at most ``limit`` (from the sealed
+    segments where they are older than the LMDB tail)."""
+    out = []
+    for record in records(txn, env, after_seq + 1, "asc"):
+        out.append(record)
         if len(out) >= limit:
             break
     return out
+
+
+def count(txn, env: S.Env) -> int:
+    """How many records the log holds (sealed and tail)."""
+    return _sealed(txn, env)["through"] + txn.stat(env.db(S.DB_WAL))["entries"]
+
+
+def seal(env: S.Env, segment_records: int = walseg.DEFAULT_SEGMENT_RECORDS) -> int:
+    """Seal old records into segment files (see ``walseg.seal``); returns how many."""
+    return walseg.seal(env, pack=pack, unpack=unpack,
+                       hash_of=lambda raw: bytes(raw)[-HASH_BYTES:],
+                       segment_records=segment_records)
+
+
+def _broken(seq: int, raw: bytes, prev_seq: int, prev_hash: bytes) -> bool:
+    body, digest = raw[:-HASH_BYTES], raw[-HASH_BYTES:]
+    if hashlib.sha256(body).digest() != digest:
+        return True
+    try:
+        record = unpack(body)
+    except Exception:
+        return True
+    return not isinstance(record, dict) or record.get("seq") != seq \
+        or seq != prev_seq + 1 or record.get("prev") != prev_hash
 
 
 def verify_chain(txn, env: S.Env) -> int | None:
     """The sequence number of the first record that breaks the hash chain, or None.
 
     A record is broken if its hash does not match its body, its body does not decode or
-    disagrees with its key, or its ``prev`` is not the hash of the record before it.
+    disagrees with its key, or its ``prev`` is not the hash of the record before it. A
+    sealed segment that is missing, cut short or altered (its file hash no longer the one
+    recorded when it was sealed) is broken at its first record it cannot vouch for.
     """
     prev_hash = GENESIS
     prev_seq = 0
+    state = _sealed(txn, env)
+    for first, last, name, digest in state["segments"]:
+        path = _segment_path(env, name)
+        try:
+            for seq, raw in walseg.iter_segment(path, first):
+                if seq > last or _broken(seq, raw, prev_seq, prev_hash):
+                    return seq
+                prev_hash, prev_seq = raw[-HASH_BYTES:], seq
+            if prev_seq != last or walseg.file_sha256(path) != digest:
+                return min(prev_seq + 1, last) if prev_seq != last else first
+        except (StoreCorrupt, OSError):
+            return prev_seq + 1
+    if prev_seq != state["through"]:
+        return prev_seq + 1
     cur = txn.cursor(db=env.db(S.DB_WAL))
     for key, raw in cur:
         seq = S.key_seq(key)
         raw = bytes(raw)
-        body, digest = raw[:-HASH_BYTES], raw[-HASH_BYTES:]
-        if hashlib.sha256(body).digest() != digest:
+        if _broken(seq, raw, prev_seq, prev_hash):
             return seq
-        try:
-            record = unpack(body)
-        except Exception:
-            return seq
-        if not isinstance(record, dict) or record.get("seq") != seq \
-                or seq != prev_seq + 1 or record.get("prev") != prev_hash:
-            return seq
-        prev_hash, prev_seq = digest, seq
+        prev_hash, prev_seq = raw[-HASH_BYTES:], seq
     head_seq, head_hash = head(txn, env)
     if head_seq != prev_seq or (prev_seq and head_hash != prev_hash):
         return prev_seq or 1
