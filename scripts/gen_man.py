@@ -308,6 +308,17 @@ disks = ["/srv/disk1/artstore", "/srv/disk2/artstore"]
 [limits]
 max_upload_bytes = "50GiB"
 .Ed
+.Pp
+Under systemd,
+.Pa artstored.service
+as installed may write its data directory and disk roots under
+.Pa /srv
+and
+.Pa /mnt ;
+one anywhere else needs a
+.Cm ReadWritePaths=
+drop-in: see SYSTEMD in
+.Xr artstored 8 .
 .Sh SEE ALSO
 .Xr artstore 1 ,
 .Xr artstore-mount 8 ,

@@ -66,4 +66,6 @@ if [ -z "$DESTDIR" ]; then
     systemctl daemon-reload
   fi
   echo "installed; start with: systemctl enable --now artstored" >&2
+  echo "disk roots (storage.disks) go under /srv or /mnt, owned by artstore; anywhere" \
+    "else needs a ReadWritePaths= drop-in: see SYSTEMD in artstored(8)" >&2
 fi

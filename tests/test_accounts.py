@@ -16,7 +16,7 @@ from artstored.auth.keys import KeyRing
 from artstored.auth.tokens import TokenService
 from artstored.engine import Actor, Store, StoreConfig
 from artstored.engine.errors import Unauthorized
-from harness import ISSUED_SECRETS, Api
+from harness import ISSUED_SECRETS, Api, wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -79,12 +79,16 @@ def test_account_lifecycle_over_http(daemon):
     # Rotate with a grace period: both work, until the grace ends.
     r = admin.request("POST", f"/api/v1/accounts/{cid}/rotate-secret",
                       json_body={"grace_seconds": 2})
+    rotated_at = time.time()
     newest = r.json()["client_secret"]
     ISSUED_SECRETS.add(newest)
     assert token_request(daemon.port, cid, new_secret)[0] == 200
     assert token_request(daemon.port, cid, newest)[0] == 200
-    time.sleep(2.2)
-    assert token_request(daemon.port, cid, new_secret)[0] == 401
+    # Waiting out the grace is the behaviour under test; then the old secret is refused.
+    time.sleep(max(0.0, rotated_at + 2.2 - time.time()))
+    status, _, doc = token_request(daemon.port, cid, new_secret)
+    assert (status, doc.get("code")) == (401, "invalid_client"), "old secret outlived its grace"
+    assert token_request(daemon.port, cid, newest)[0] == 200
     secret = newest
 
     # Role change: tokens of the old role stop working.
@@ -204,13 +208,23 @@ def test_key_rotation_refuses_no_valid_token(daemon):
     stop = threading.Event()
     failures, calls = [], [0]
     after: list[str] = []
+    # Per thread: calls with the token of before the rotation, and with the one minted after.
+    old_calls, new_calls = [0] * 8, [0] * 8
+    rotated = threading.Event()
+    old_after_rotation = [0] * 8  # old-key calls that began once the rotation had answered
 
     def hammer(i):
         try:
             while not stop.is_set():
                 for token in [before[i]] + after[i:i + 1]:
+                    began_after_rotation = rotated.is_set()
                     r = Api(daemon.port, token).get("/api/v1/files?limit=1")
                     calls[0] += 1
+                    if token is before[i]:
+                        old_calls[i] += 1
+                        old_after_rotation[i] += began_after_rotation
+                    else:
+                        new_calls[i] += 1
                     if r.status != 200:
                         failures.append((i, r.status, r.body[:100]))
         except Exception as exc:  # a crashed thread must fail the test, not hide
@@ -219,17 +233,23 @@ def test_key_rotation_refuses_no_valid_token(daemon):
     threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    wait_until(lambda: min(old_calls) >= 3 or failures, 30,
+               "every client to be using its token before the rotation")
     r = daemon.api().request("POST", "/api/v1/auth/keys/rotate", json_body={})
     assert r.status == 200
+    rotated.set()
     new_kid = r.json()["active"]
     minted = [daemon.token_for(cid, s) for cid, s in clients]
     after.extend(minted)  # all at once: the threads switch when the list is whole
-    time.sleep(1.0)
+    # Both keys in use at once: each client's old token keeps being sent after the rotation,
+    # side by side with its new one.
+    wait_until(lambda: (min(new_calls) >= 3 and min(old_after_rotation) >= 3) or failures,
+               30, "every client to use both its old and its new token after the rotation")
     stop.set()
     for t in threads:
         t.join()
     assert failures == [], failures[:3]
+    assert min(old_after_rotation) >= 3 and min(new_calls) >= 3
     assert calls[0] > 50
     jwks = Api(daemon.port).get("/api/v1/auth/jwks").json()["keys"]
     assert len(jwks) == 2 and new_kid in [k["kid"] for k in jwks]
@@ -247,13 +267,37 @@ def test_grace_ends_and_secrets_expire(tmp_path):
     store = Store(StoreConfig(data_dir=str(tmp_path / "d")))
     try:
         ring = KeyRing(store.data_dir)
-        tokens = TokenService(ring, "artstore:test", ttl_seconds=60)
+        # Tokens live far longer than the grace: a refusal after the grace can only be the
+        # retired key's, never the token's own expiry.
+        tokens = TokenService(ring, "artstore:test", ttl_seconds=86400)
         old, _ = tokens.issue(sub="a", name="a", role="user", scopes=["files:read"])
+        old_kid = ring.active_kid
+        rotated_at = time.time()
         ring.rotate(grace_seconds=100)
-        assert tokens.verify(old).sub == "a"
+        new, _ = tokens.issue(sub="b", name="b", role="user", scopes=["files:read"])
+        assert ring.active_kid != old_kid
+        # During the grace the retired key still verifies: through the verified-token cache
+        # and through a fresh signature check alike.
+        fresh = TokenService(ring, "artstore:test", ttl_seconds=86400)
+        for service in (tokens, fresh):
+            assert service.verify(old).sub == "a"
+            assert service.verify(old, now=rotated_at + 95).sub == "a"
+        assert old_kid in [k["kid"] for k in ring.jwks()["keys"]]
+        # After it, the same unexpired token is refused, as signed with an unknown key...
+        for service in (tokens, TokenService(ring, "artstore:test", ttl_seconds=86400)):
+            with pytest.raises(Unauthorized) as info:
+                service.verify(old, now=rotated_at + 105)
+            assert info.value.code == "token_invalid"
+            assert "unknown key" in info.value.detail
+        assert set(ring.verifying_keys(now=rotated_at + 105)) == {ring.active_kid}
+        # ...while a token of the new key is still good then.
+        assert tokens.verify(new, now=rotated_at + 105).sub == "b"
+        # The end of the grace is durable: a key ring read back from disk agrees.
+        reread = TokenService(KeyRing(store.data_dir), "artstore:test", ttl_seconds=86400)
+        assert reread.verify(old, now=rotated_at + 95).sub == "a"
         with pytest.raises(Unauthorized) as info:
-            tokens.verify(old, now=time.time() + 101)
-        assert info.value.code in ("token_invalid", "token_expired")
+            reread.verify(old, now=rotated_at + 105)
+        assert info.value.code == "token_invalid"
         accounts = AccountStore(store.env, secret_ttl_days=1)
         account, secret = accounts.create(name="e", role="user", actor=Actor("t", "t"))
         assert accounts.authenticate(account["client_id"], secret)["client_id"]

@@ -11,7 +11,7 @@ from datetime import datetime
 
 import pytest
 
-from harness import ARTSTORE
+from harness import ARTSTORE, wait_until
 
 
 class Mount:
@@ -72,13 +72,11 @@ def run(*cmd, check=True, **kw) -> subprocess.CompletedProcess:
     return result
 
 
-def wait_for(predicate, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return time.monotonic()
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+def wait_for(predicate, timeout: float, what: str) -> float:
+    """Poll until ``predicate()`` holds (failing with ``what`` after ``timeout`` s); the
+    monotonic time it was first seen to hold."""
+    wait_until(predicate, timeout, what)
+    return time.monotonic()
 
 
 NAMES = ["Годовой отчёт 2024.pdf", "with spaces and #hash.txt", "報告書.docx",
@@ -181,13 +179,14 @@ def test_new_uploads_appear_and_deletes_vanish(make_daemon, mount_factory):
     attr = api.upload_ok(b"fresh bytes", "fresh.txt")
     by_id = os.path.join(mnt.path, "by-id", attr["file_id"] + ".txt")
     seen = wait_for(lambda: os.path.exists(by_id) and
-                    os.path.exists(os.path.join(mnt.day_dir(), "fresh.txt")), timeout=2)
+                    os.path.exists(os.path.join(mnt.day_dir(), "fresh.txt")), 2,
+                    "a new upload to appear in by-id/ and by-date/")
     print(f"\nnew upload visible after {(seen - t0) * 1000:.0f} ms")
     with open(by_id, "rb") as f:
         assert f.read() == b"fresh bytes"
     assert api.request("DELETE", f"/api/v1/files/{attr['file_id']}").status == 204
     wait_for(lambda: "fresh.txt" not in os.listdir(mnt.day_dir()) and not os.path.exists(by_id),
-             timeout=2)
+             2, "a deleted file to vanish from by-id/ and by-date/")
 
 
 def test_eight_concurrent_readers(daemon, mount_factory):
@@ -231,7 +230,7 @@ def test_crashes_on_either_side(daemon, mount_factory):
         assert f.read() == b"before"
     later = api.upload_ok(b"after restart", "after.txt")
     wait_for(lambda: os.path.exists(os.path.join(mnt.path, "by-id", later["file_id"] + ".txt")),
-             timeout=2)
+             2, "an upload made after the daemon's restart to appear in the mount")
     assert len(os.listdir(os.path.join(mnt.path, "by-id"))) == 3
 
 
@@ -256,7 +255,8 @@ def test_search_directory_and_statfs(daemon, mount_factory):
     api.upload_ok(b"y", "memo.txt", fields={"description": "nothing to see"})
     mnt = mount_factory(daemon.data_dir)
     query_dir = os.path.join(mnt.path, "search", "счёт AND attr.dept:finance")
-    wait_for(lambda: os.listdir(query_dir) == ["invoice-9.pdf"], timeout=3)
+    wait_for(lambda: os.listdir(query_dir) == ["invoice-9.pdf"], 3,
+             "the search directory to list exactly invoice-9.pdf")
     assert os.stat(os.path.join(query_dir, "invoice-9.pdf")).st_ino == \
         os.stat(os.path.join(mnt.path, "by-id", a["file_id"] + ".pdf")).st_ino
     with pytest.raises(OSError) as info:

@@ -5,7 +5,7 @@ import threading
 import time
 
 from artstored.engine import Actor, Store, StoreConfig, UploadRequest
-from harness import Api, Daemon, multipart
+from harness import Api, Daemon, multipart, tmp_files, wait_until
 
 ALICE = Actor("cl_alice", "alice", "user")
 
@@ -50,8 +50,9 @@ def test_probes_during_recovery(tmp_path):
             # Not ready after the API request: it was refused politely, not served.
             assert files.status == 503 and files.problem["code"] == "not_ready"
             time.sleep(0.01)
+        assert seen, "the daemon never answered"
         assert seen[0] == (200, 503, 503), seen[:3]
-        assert seen[-1][2] == 200
+        assert seen[-1][2] == 200, f"not ready within 60 s: {seen[-3:]}"
         assert api.get("/health/startup").status == 200
         element = d.api().get("/api/v1/element").json()
         assert element["recovery"]["rolled_forward"] == 400 and element["files"] == 400
@@ -67,29 +68,36 @@ def test_sigterm_lets_an_upload_finish_and_exits_0(daemon):
 
     def slow_upload():
         conn = api.connection()
-        conn.putrequest("POST", "/api/v1/files")
-        conn.putheader("Authorization", f"Bearer {api.token}")
-        conn.putheader("Content-Type", ctype)
-        conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders()
-        for i in range(0, len(body), 256 << 10):
-            conn.send(body[i:i + (256 << 10)])
-            time.sleep(0.02)
-            if i == 0:
-                started.set()
-        resp = conn.getresponse()
-        result["status"] = resp.status
-        resp.read()
-        conn.close()
+        try:
+            conn.putrequest("POST", "/api/v1/files")
+            conn.putheader("Authorization", f"Bearer {api.token}")
+            conn.putheader("Content-Type", ctype)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            for i in range(0, len(body), 256 << 10):
+                conn.send(body[i:i + (256 << 10)])
+                time.sleep(0.02)  # a slow client: the pace is part of the test
+                if i == 0:
+                    started.set()
+            resp = conn.getresponse()
+            result["status"] = resp.status
+            resp.read()
+        except OSError as exc:  # cut off: the stop did not let it finish
+            result["error"] = repr(exc)
+        finally:
+            conn.close()
 
     started = threading.Event()
     t = threading.Thread(target=slow_upload)
     t.start()
-    started.wait(10)
-    time.sleep(0.1)
+    assert started.wait(10), "the upload did not start"
+    # SIGTERM only once the daemon is receiving the upload (its temporary file exists).
+    wait_until(lambda: tmp_files(daemon.data_dir), 10, "the upload's temporary file")
+    assert result == {}, f"the upload ended before the stop began: {result}"
     assert daemon.stop() == 0
     t.join(30)
-    assert result["status"] == 201
+    assert not t.is_alive(), "the upload never got its answer"
+    assert result.get("status") == 201, result
     daemon.start()
     items = daemon.api().get("/api/v1/files").json()["items"]
     assert [i["original_filename"] for i in items] == ["slow.bin"]
@@ -105,10 +113,8 @@ def test_gc_and_rebuild_jobs(daemon):
         assert r.status == 202, r.body
         job = r.json()
         assert r.headers["location"] == f"/api/v1/jobs/{job['job_id']}"
-        deadline = time.monotonic() + 30
-        while job["state"] in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(0.05)
-            job = api.get(r.headers["location"]).json()
+        job = wait_until(lambda: (j := api.get(r.headers["location"]).json())["state"]
+                         not in ("queued", "running") and j, 30, f"the {kind} job to end")
         assert job["state"] == "succeeded", job
         if kind == "gc":
             assert job["report"]["removed"] == 0
@@ -131,5 +137,5 @@ def test_request_id_is_echoed_and_logged(daemon):
     r = api.get("/api/v1/files", headers={"X-Request-Id": "trace-me-123"})
     assert r.headers["x-request-id"] == "trace-me-123"
     assert api.get("/api/v1/files").headers["x-request-id"]
-    time.sleep(0.1)
-    assert any("trace-me-123" in line for line in daemon.log_lines())
+    wait_until(lambda: any("trace-me-123" in line for line in daemon.log_lines()), 10,
+               "request trace-me-123 in the log")

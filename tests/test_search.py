@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import Api, store_snapshot
+from harness import Api, store_snapshot, wait_until
 
 H = {"Content-Type": "application/merge-patch+json"}
 
@@ -26,19 +26,9 @@ def ids(doc: dict) -> list[str]:
     return [item["file_id"] for item in doc["items"]]
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
 def wait_caught_up(api: Api) -> None:
-    wait_for(lambda: api.get("/api/v1/element").json()["index_lag"]["records_behind"] == 0,
-             timeout=30)
+    wait_until(lambda: api.get("/api/v1/element").json()["index_lag"]["records_behind"] == 0,
+               30, "the index to catch up with the WAL")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +100,19 @@ def test_custom_attributes(api, corpus):
 def test_filters(api, corpus):
     files, maria = corpus
     report, sales, invoice = (files[k]["file_id"] for k in ("report", "sales", "invoice"))
-    assert ids(search(api, q="department", content_type="application/pdf")) == [] or True
+    # The content_type filter narrows what the query finds, and nothing else: of the two
+    # files the word finds, only the one of that type is left, and total_hits counts it.
+    assert set(ids(search(api, q="invoices"))) == {report, invoice}
+    pdf = search(api, q="invoices", content_type="application/pdf")
+    assert ids(pdf) == [report] and pdf["total_hits"] == 1
+    assert ids(search(api, q="invoices", content_type="text/plain")) == [invoice]
+    assert ids(search(api, q="invoices", content_type="Application/PDF")) == [report]
+    assert ids(search(api, q="invoices", content_type="application/msword")) == []
+    assert ids(search(api, q="attr.department:finance", content_type="application/pdf")) \
+        == [report]
+    # An attribute's name is not a word of the file: only its values are searchable text.
+    assert ids(search(api, q="department")) == []
+    assert ids(search(api, q="department", content_type="application/pdf")) == []
     by_type = ids(search(api, content_type="text/plain", limit=1000))
     assert invoice in by_type and report not in by_type
     by_creator = ids(search(api, created_by=maria, limit=1000))
@@ -200,16 +202,18 @@ def test_patch_and_delete_are_reflected(make_daemon):
     api = d.api()
     attr = api.upload_ok(b"x", "x.txt", fields={"description": "original wording"})
     fid = attr["file_id"]
-    wait_for(lambda: ids(search(api, q="original")) == [fid], timeout=1)
+    wait_until(lambda: ids(search(api, q="original")) == [fid], 1,
+               "a new file to be searchable")
     assert api.request("PATCH", f"/api/v1/files/{fid}", json_body={"description": "revised"},
                        headers=H).status == 200
     t = time.monotonic()
-    wait_for(lambda: ids(search(api, q="revised")) == [fid] and not ids(search(api, q="original")),
-             timeout=1)
+    wait_until(lambda: ids(search(api, q="revised")) == [fid]
+               and not ids(search(api, q="original")), 1, "a PATCH to show in search")
     patched_after = time.monotonic() - t
     assert api.request("DELETE", f"/api/v1/files/{fid}").status == 204
     t = time.monotonic()
-    wait_for(lambda: ids(search(api, q="revised")) == [], timeout=1)
+    wait_until(lambda: ids(search(api, q="revised")) == [], 1,
+               "a deleted file to leave search")
     print(f"\npatch visible after {patched_after * 1000:.0f} ms, "
           f"delete after {(time.monotonic() - t) * 1000:.0f} ms")
 
@@ -229,7 +233,8 @@ def test_cursor_walk_while_uploads_go_on(make_daemon, sort, order):
     api = d.api()
     word = "walk" + secrets.token_hex(4)
     existing = set(_upload_many(api, 2500, word, "w"))
-    wait_for(lambda: search(api, q=word, limit=1)["total_hits"] == 2500, timeout=10)
+    wait_until(lambda: search(api, q=word, limit=1)["total_hits"] == 2500, 10,
+               "all 2500 uploads to be searchable")
     stop = threading.Event()
     added: list[str] = []
 
@@ -249,12 +254,17 @@ def test_cursor_walk_while_uploads_go_on(make_daemon, sort, order):
             params = {"q": word, "sort": sort, "order": order, "limit": 100}
             if cursor:
                 params["cursor"] = cursor
+            uploaded = len(added)
             page = search(api, **params)
             seen.extend(ids(page))
             cursor = page["next_cursor"]
             if not cursor:
                 break
-            time.sleep(0.01)
+            # Every next page is asked for only after another upload has been acknowledged,
+            # so the walk really does run while new hits arrive.
+            wait_until(lambda: len(added) > uploaded or not t.is_alive(), 30,
+                       "an upload between two pages")
+            assert t.is_alive(), "the uploading thread died"
     finally:
         stop.set()
         t.join()
@@ -315,7 +325,8 @@ def test_sigkill_while_the_index_is_behind(make_daemon):
     shutil.rmtree(os.path.join(d.data_dir, "index"))
     d.start()
     api = d.api()
-    wait_for(lambda: not api.get("/api/v1/element").json()["index_lag"]["rebuilding"], 30)
+    wait_until(lambda: not api.get("/api/v1/element").json()["index_lag"]["rebuilding"], 30,
+               "the rebuild of the deleted index to finish")
     wait_caught_up(api)
     assert sorted(_all_hits(api)) == sorted(catalog)
 
@@ -323,7 +334,9 @@ def test_sigkill_while_the_index_is_behind(make_daemon):
     r = api.request("POST", "/api/v1/element/reindex")
     assert r.status == 202
     job_url = r.headers["location"]
-    job = wait_for(lambda: (j := api.get(job_url).json())["state"] == "succeeded" and j, 30)
+    job = wait_until(lambda: (j := api.get(job_url).json())["state"] not in ("queued", "running")
+                     and j, 30, "the reindex job to end")
+    assert job["state"] == "succeeded", job
     assert job["report"]["files"] == len(catalog)
     assert job["progress"]["done"] == len(catalog)
     d.stop()
