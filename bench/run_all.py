@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 
-from . import core, fuse, search, suite
+from . import core, durability, fuse, search, suite
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -112,6 +112,10 @@ def main(argv=None) -> int:
         results["fuse"]["params"] = fuse_params or "full"
         timings["fuse"] = round(time.monotonic() - started - sum(timings.values()))
         print(report(results), flush=True)
+        results["durability"] = durability.run(os.path.join(args.work, "durability"),
+                                               quick=args.quick)
+        timings["durability"] = round(time.monotonic() - started - sum(timings.values()))
+        print("\nDurability:\n" + durability.report(results["durability"]), flush=True)
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
         timings["suite"] = round(time.monotonic() - started - sum(timings.values()))
     finally:
