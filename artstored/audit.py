@@ -1,6 +1,6 @@
 """The audit trail: the WAL read as a list of events, filtered and paged, and its hash chain
-checked (see ``engine.wal``). Plain synchronous code over an LMDB environment, read-only:
-it works beside a running daemon, in the daemon, and offline.
+checked (see ``engine.wal``). Plain synchronous code over the engine's ReadView: it works
+beside a running daemon (``ReadView.open``), in the daemon, and offline.
 """
 
 from __future__ import annotations
@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from .engine import lmdb_schema as S
-from .engine import wal as W
 from .engine.errors import BadRequest
+from .engine.view import ReadView
 
 MAX_SCAN = 200_000   # records one page may look at before it answers with a cursor
 
@@ -53,7 +52,7 @@ def _to_us(moment: datetime | None) -> int | None:
     return None if moment is None else int(moment.timestamp() * 1_000_000)
 
 
-def page(env: S.Env, *, actor: str | None = None, kind: str | None = None,
+def page(view: ReadView, *, actor: str | None = None, kind: str | None = None,
          file_id: str | None = None, since: datetime | None = None,
          until: datetime | None = None, cursor: str | None = None, limit: int = 100,
          order: str = "desc") -> tuple[list[dict], str | None]:
@@ -72,48 +71,32 @@ def page(env: S.Env, *, actor: str | None = None, kind: str | None = None,
     items: list[dict] = []
     scanned = 0
     next_seq = None
-    with env.read() as txn:
-        cur = txn.cursor(db=env.db(S.DB_WAL))
-        if order == "desc":
-            if start is None:
-                positioned = cur.last()
-            else:  # the newest record at or before ``start``
-                positioned = cur.set_range(S.seq_key(start))
-                if not positioned:
-                    positioned = cur.last()
-                elif S.key_seq(cur.key()) > start:
-                    positioned = cur.prev()
-            step = cur.prev
-        else:
-            positioned = cur.set_range(S.seq_key(start or 1))
-            step = cur.next
-        while positioned:
-            seq = S.key_seq(cur.key())
+    with view.snapshot() as snap:
+        # desc: from the newest record at or before ``start``; asc: from ``start`` up.
+        for record in snap.wal_records(start, order):
             if len(items) >= limit or scanned >= MAX_SCAN:
-                next_seq = seq
+                next_seq = record["seq"]
                 break
-            record = W.decode_record(cur.value())
             scanned += 1
             if _matches(record, actor, kind, file_id, since_us, until_us):
                 items.append(event(record))
-            positioned = step()
     return items, (str(next_seq) if next_seq is not None else None)
 
 
-def verify(env: S.Env) -> dict:
+def verify(view: ReadView) -> dict:
     """Check the hash chain: {"records", "head", "ok", "broken_seq"}."""
-    with env.read() as txn:
-        broken = W.verify_chain(txn, env)
-        head, _ = W.head(txn, env)
-        count = txn.stat(env.db(S.DB_WAL))["entries"]
+    with view.snapshot() as snap:
+        broken = snap.verify_wal()
+        head = snap.wal_head().seq
+        count = snap.wal_count()
     return {"records": count, "head": head, "ok": broken is None, "broken_seq": broken}
 
 
-def export(env: S.Env, out, **filters) -> int:
+def export(view: ReadView, out, **filters) -> int:
     """Write every matching event, oldest first, as JSON lines to ``out``; returns how many."""
     cursor, n = None, 0
     while True:
-        items, cursor = page(env, cursor=cursor, limit=1000, order="asc", **filters)
+        items, cursor = page(view, cursor=cursor, limit=1000, order="asc", **filters)
         for item in items:
             out.write(json.dumps(item, ensure_ascii=False) + "\n")
             n += 1

@@ -66,6 +66,9 @@ KEYS: tuple[Key, ...] = (
     Key("storage", "lmdb_map_size", "bytes", 1 << 40,
         "largest the LMDB store may grow (address space only; the file grows as used)",
         minimum=1 << 20),
+    Key("storage", "wal_segment_records", "int", 100_000,
+        "WAL records sealed into one segment file beside the data; LMDB keeps fewer than "
+        "twice this many", minimum=100),
     Key("limits", "max_upload_bytes", "bytes", 16 * 1024 ** 3,
         "largest file accepted; larger uploads get 413 while streaming", minimum=1),
     Key("element", "initial_mode", "choice", "rw",

@@ -28,6 +28,7 @@ from .auth.tokens import TokenService
 from .engine import retention
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
+from .engine.view import ReadView
 from .index.follower import IndexFollower
 from .index.search import SearchService
 from .jobs import JobRunner
@@ -52,6 +53,7 @@ def store_config(cfg: C.Config) -> StoreConfig:
         sync_method=cfg["storage.sync_method"],
         max_batch=cfg["storage.max_batch"],
         map_size=cfg["storage.lmdb_map_size"],
+        wal_segment_records=cfg["storage.wal_segment_records"],
         node_name=cfg["element.name"] or None,
     )
 
@@ -69,7 +71,9 @@ def open_services(svc: Services) -> None:
         svc.accounts.ensure_initial_admin(store.data_dir)
         svc.throttle = LoginThrottle()
         svc.jobs = JobRunner()
-        svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"))
+        svc.view = ReadView.of_store(store)
+        svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"),
+                                  view=svc.view)
         svc.search = SearchService(svc.index)
         svc.index.start()
     except BaseException:
@@ -102,6 +106,23 @@ async def _gc_loop(svc: Services) -> None:
             await asyncio.get_running_loop().run_in_executor(None, svc.accounts.purge_revoked)
         except Exception:
             log.exception("retention GC failed")
+
+
+UPKEEP_INTERVAL_SECONDS = 10
+
+
+async def _upkeep_loop(svc: Services) -> None:
+    """Store upkeep that must not wait for an operator: stale LMDB reader slots (a mount
+    killed inside a read) are cleared within ``UPKEEP_INTERVAL_SECONDS``."""
+    while True:
+        await asyncio.sleep(UPKEEP_INTERVAL_SECONDS)
+        try:
+            done = await asyncio.get_running_loop().run_in_executor(None, svc.store.maintain)
+            if done["stale_readers_cleared"]:
+                log.warning("cleared %d stale LMDB reader slots (a reader process died "
+                            "inside a transaction)", done["stale_readers_cleared"])
+        except Exception:
+            log.exception("store upkeep failed")
 
 
 async def _watchdog(interval: float) -> None:
@@ -172,8 +193,10 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         sdnotify.notify(f"READY=1\nSTATUS=ready: mode {svc.store.mode}, "
                         f"{stats['files']} files, listening on {host}:{port}")
         gc_task = asyncio.ensure_future(_gc_loop(svc))
+        upkeep_task = asyncio.ensure_future(_upkeep_loop(svc))
         await waiter
         gc_task.cancel()
+        upkeep_task.cancel()
     else:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener

@@ -176,10 +176,7 @@ class ArchiveFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         if node.kind != FILE:
             raise FsError(errno.EISDIR)
-
-        def open_file():
-            return os.open(self.model.content_path(node), os.O_RDONLY | os.O_CLOEXEC)
-        self._files[fh] = await self._in_thread(open_file)
+        self._files[fh] = await self._in_thread(self.model.open_content, node)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @fs_errors

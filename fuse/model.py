@@ -9,8 +9,9 @@
                                     oldest file keeping the plain name
     search/<query>/<name>           the hits of a query (Tantivy syntax), best first
 
-It reads LMDB (read-only transactions; each sees the latest commit) and the data files
-directly: no daemon needed, and a daemon never waits on it. Inode numbers are derived from
+It reads the store through the engine's ReadView (read-only LMDB transactions; each sees
+the latest commit) and the data files directly: no daemon needed, and a daemon never waits
+on it. Inode numbers are derived from
 what they name (a file's id, a directory's path), so they are stable across remounts, and a
 file has the same inode under by-id/, by-date/ and search/ (st_nlink 2).
 
@@ -28,17 +29,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import lmdb
-
 from ..engine import attrs as A
-from ..engine import catalog, ids
-from ..engine import layout as L
-from ..engine import lmdb_schema as S
+from ..engine import ids
 from ..engine import modes as M
-from ..engine import wal as W
 from ..engine.catalog import CatalogEntry
-from ..engine.disks import ID_FILE
-from ..engine.errors import BadRequest
+from ..engine.errors import BadRequest, DiskOffline, StoreCorrupt
+from ..engine.view import ReadView
 from ..index.reader import open_reader
 from ..index.search import SearchRequest, SearchService
 from .names import by_id_name, dir_ino, file_ino, unique_names
@@ -97,12 +93,6 @@ class Stat:
     mtime_ns: int
 
 
-def _ms_key(moment: datetime) -> bytes:
-    """The smallest catalog key (UUIDv7) created at or after ``moment``."""
-    ms = int(moment.timestamp() * 1000)
-    return max(0, ms).to_bytes(6, "big") + b"\x00" * 10
-
-
 def _day(attr: dict) -> tuple[int, int, int]:
     moment = A.parse_time(attr["created_at"])
     return moment.year, moment.month, moment.day
@@ -112,13 +102,13 @@ class ArchiveModel:
     """The tree over one data directory. Thread-safe for reading."""
 
     def __init__(self, data_dir: str, disk_roots: list[str] | None = None, *,
-                 env: S.Env | None = None):
-        """``env``: an LMDB environment this process has open already (py-lmdb allows one
-        per process); by default the store's, opened read-only."""
+                 view: ReadView | None = None):
+        """``view``: a view over a store this process has open already (py-lmdb allows one
+        environment per path per process; ``ReadView.of_store``), left open by ``close``;
+        by default the store in ``data_dir`` opened read-only (``ReadView.open``)."""
         self.data_dir = os.path.abspath(data_dir)
-        self._own_env = env is None
-        self.env = env or S.Env(os.path.join(self.data_dir, "store.lmdb"), readonly=True)
-        self.disks = self._find_disks(disk_roots)
+        self._own_view = view is None
+        self.view = view or ReadView.open(self.data_dir, disk_roots)
         self._nodes: dict[int, Node] = {}
         self._lock = threading.Lock()
         self._listing_cache: dict[tuple, tuple[object, list]] = {}
@@ -132,40 +122,15 @@ class ArchiveModel:
         self.search_dir = self._remember(Node(dir_ino("search"), DIR, "search"))
         self.search_readme = self._remember(Node(dir_ino("search/README"), TEXT,
                                                  "search-readme"))
-        with self._read() as txn:
-            raw = txn.get(S.META_ELEMENT, db=self.env.db(S.DB_META))
-        element = W.unpack(raw) if raw else {}
-        created = element.get("created_at")
+        created = (self.view.element() or {}).get("created_at")
         self.epoch_ns = int(A.parse_time(created).timestamp() * 1e9) if created else \
             time.time_ns()
 
     def close(self) -> None:
-        if self._own_env:
-            self.env.close()
+        if self._own_view:
+            self.view.close()
 
     # --- plumbing ---------------------------------------------------------------------------
-
-    def _find_disks(self, roots: list[str] | None) -> dict[str, str]:
-        if not roots:
-            base = os.path.join(self.data_dir, "disks")
-            roots = [os.path.join(base, d) for d in sorted(os.listdir(base))] \
-                if os.path.isdir(base) else []
-        out = {}
-        for root in roots:
-            try:
-                with open(os.path.join(root, ID_FILE)) as f:
-                    out[json.load(f)["disk_id"]] = root
-            except (OSError, ValueError, KeyError):
-                continue
-        return out
-
-    def _read(self):
-        """A read transaction on the newest commit (grows the map after the writer did)."""
-        try:
-            return self.env.env.begin()
-        except lmdb.MapResizedError:
-            self.env.env.set_mapsize(0)
-            return self.env.env.begin()
 
     def _remember(self, node: Node) -> Node:
         with self._lock:
@@ -187,19 +152,15 @@ class ArchiveModel:
             self._nodes.pop(ino, None)
 
     def wal_seq(self) -> int:
-        with self._read() as txn:
-            return W.head(txn, self.env)[0]
+        return self.view.wal_head().seq
 
     def mode(self) -> str:
-        with self._read() as txn:
-            raw = txn.get(S.META_ELEMENT, db=self.env.db(S.DB_META))
-        return W.unpack(raw)["mode"] if raw else M.RW
+        return self.view.mode()
 
     # --- entries ----------------------------------------------------------------------------
 
     def entry(self, file_id: str) -> CatalogEntry:
-        with self._read() as txn:
-            found = catalog.get(txn, self.env, file_id)
+        found = self.view.entry(file_id)
         if found is None:
             raise FsError(errno.ENOENT, f"no file {file_id}")
         return found
@@ -210,32 +171,17 @@ class ArchiveModel:
     def _entries_between(self, start: datetime, end: datetime) -> list[CatalogEntry]:
         """Catalog entries whose id falls in [start, end) (a second of slack each side,
         filtered by created_at by the caller)."""
-        lo = _ms_key(start - timedelta(seconds=1))
-        hi = _ms_key(end + timedelta(seconds=1))
-        out = []
-        with self._read() as txn:
-            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
-            if cur.set_range(lo):
-                for key, raw in cur:
-                    if bytes(key) >= hi:
-                        break
-                    out.append(CatalogEntry.decode(raw))
-        return out
+        return self.view.entries(start - timedelta(seconds=1), end + timedelta(seconds=1))
 
     def _any_between(self, start: datetime, end: datetime) -> bool:
-        with self._read() as txn:
-            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
-            return cur.set_range(_ms_key(start)) and bytes(cur.key()) < _ms_key(end)
+        return self.view.any_between(start, end)
 
     def _year_span(self) -> tuple[int, int] | None:
-        with self._read() as txn:
-            cur = txn.cursor(db=self.env.db(S.DB_CATALOG))
-            if not cur.first():
-                return None
-            first = CatalogEntry.decode(cur.value()).attr
-            cur.last()
-            last = CatalogEntry.decode(cur.value()).attr
-        return _day(first)[0], _day(last)[0]
+        with self.view.snapshot() as snap:
+            first, last = snap.first_entry(), snap.last_entry()
+        if first is None:
+            return None
+        return _day(first.attr)[0], _day(last.attr)[0]
 
     # --- the tree ---------------------------------------------------------------------------
 
@@ -247,8 +193,7 @@ class ArchiveModel:
         elif node.role == "query":
             listing = self._query_listing(node.key[0])
         elif node.role == "by-id":
-            with self._read() as txn:
-                listing = [(by_id_name(e), e) for e in catalog.iterate(txn, self.env)]
+            listing = [(by_id_name(e), e) for e in self.view.entries()]
         else:
             return [(name, child, self.stat(child)) for name, child in self.readdir(ino)]
         return [(name, self._file_node(e.file_id), self._file_stat(e)) for name, e in listing]
@@ -381,13 +326,9 @@ class ArchiveModel:
             page = service.search(SearchRequest(q=query, limit=SEARCH_LIMIT))
         except BadRequest as exc:
             raise FsError(errno.EINVAL, exc.detail) from None
-        entries = []
-        with self._read() as txn:
-            for hit in page.hits:
-                found = catalog.get(txn, self.env, hit.file_id)
-                if found is not None:
-                    entries.append(found)
-        listing = unique_names(entries)
+        with self.view.snapshot() as snap:
+            found = [snap.entry(hit.file_id) for hit in page.hits]
+        listing = unique_names([e for e in found if e is not None])
         self._listing_cache[key] = (time.monotonic(), listing)
         return listing
 
@@ -409,26 +350,30 @@ class ArchiveModel:
     def text(self, node: Node) -> bytes:
         return (README if node.role == "readme" else SEARCH_README).encode("utf-8")
 
-    def content_path(self, node: Node) -> str:
-        """The data file of a file node; FsError(ENOMEDIUM) if the element is archived."""
+    def _content_entry(self, node: Node) -> CatalogEntry:
         if node.kind != FILE:
             raise FsError(errno.EISDIR if node.kind == DIR else errno.EINVAL)
         if self.mode() == M.AR:
             raise FsError(ARCHIVED_ERRNO, "the element is archived: its content is offline")
-        file_id = node.key[0]
-        entry = self.entry(file_id)
-        root = self.disks.get(entry.disk)
-        if root is None:
-            raise FsError(errno.EIO, f"disk {entry.disk} of {file_id} is not here")
-        path = os.path.join(root, L.OBJECTS, entry.rel)
-        if os.path.exists(path):
-            return path
-        # Committed a moment ago and still moving out of tmp/: its place intent says where.
-        with self._read() as txn:
-            raw = txn.get(ids.file_id_key(file_id), db=self.env.db(S.DB_PENDING))
-        if raw is not None and os.path.exists(W.unpack(raw).get("tmp", "")):
-            return W.unpack(raw)["tmp"]
-        return path
+        return self.entry(node.key[0])
+
+    def content_path(self, node: Node) -> str:
+        """The data file of a file node (in objects/, or in tmp/ while a commit moves it);
+        FsError(ENOMEDIUM) if the element is archived, EIO if its disk is not here."""
+        entry = self._content_entry(node)
+        try:
+            return self.view.content_location(entry)
+        except DiskOffline as exc:
+            raise FsError(errno.EIO, exc.detail) from None
+
+    def open_content(self, node: Node) -> int:
+        """A read-only file descriptor on a file node's data, wherever the file is while a
+        commit moves it; FsError(ENOMEDIUM) if archived, EIO if missing or not here."""
+        entry = self._content_entry(node)
+        try:
+            return self.view.open_content(entry)
+        except (DiskOffline, StoreCorrupt) as exc:
+            raise FsError(errno.EIO, exc.detail) from None
 
     def xattrs(self, node: Node) -> dict[str, bytes]:
         mode = self.mode()
@@ -455,13 +400,12 @@ class ArchiveModel:
     def statfs(self) -> dict:
         total = free = 0
         seen = set()
-        for root in self.disks.values():
+        for root in self.view.disk_roots().values():
             st = os.statvfs(root)
             if st.f_fsid in seen:
                 continue
             seen.add(st.f_fsid)
             total += st.f_blocks * st.f_frsize
             free += st.f_bavail * st.f_frsize
-        with self._read() as txn:
-            files = catalog.stats(txn, self.env)["files"]
+        files = self.view.stats()["files"]
         return {"total": total, "free": free, "files": files}

@@ -69,17 +69,19 @@ async def _metrics_loop(fs: ArchiveFS, path: str, interval: float = 10.0) -> Non
 
 
 async def _serve(mountpoint: str, fs: ArchiveFS, metrics_file: str | None) -> None:
-    async with trio.open_nursery() as nursery:
-        if metrics_file:
-            nursery.start_soon(_metrics_loop, fs, metrics_file)
-        async def fuse_loop():
-            await pyfuse3.main()          # returns when unmounted (fusermount3 -u)
-            nursery.cancel_scope.cancel()
+    # Signals are caught from before the tree is served: a SIGINT the moment it shows (a
+    # script that mounts, looks, and interrupts) unmounts cleanly, not as KeyboardInterrupt.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async with trio.open_nursery() as nursery:
+            if metrics_file:
+                nursery.start_soon(_metrics_loop, fs, metrics_file)
+            async def fuse_loop():
+                await pyfuse3.main()          # returns when unmounted (fusermount3 -u)
+                nursery.cancel_scope.cancel()
 
-        nursery.start_soon(fuse_loop)
-        await trio.to_thread.run_sync(_raise_read_ahead, mountpoint)
-        log.info("mounted %s", mountpoint)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            nursery.start_soon(fuse_loop)
+            await trio.to_thread.run_sync(_raise_read_ahead, mountpoint)
+            log.info("mounted %s", mountpoint)
             async for sig in sigs:
                 log.info("signal %s: unmounting", signal.Signals(sig).name)
                 nursery.cancel_scope.cancel()

@@ -8,7 +8,8 @@ the same commit), so replaying a record already applied never doubles an entry.
 One thread owns the index writer. It wakes when the store commits (``Store.add_commit_
 listener``) or once a second, applies what is new, commits (~30 ms whatever the batch), and
 reloads the searcher. An index that is missing, unreadable or of another schema version is
-rebuilt from the catalog; ``reindex()`` does the same on request.
+rebuilt from the catalog; ``reindex()`` does the same on request. It reads the store only
+through the engine's ReadView (the WAL after a sequence, the catalog in one snapshot).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import time
 
 import tantivy
 
-from ..engine import catalog
 from ..engine import wal as W
+from ..engine.view import ReadView
 from . import documents as D
 from .schema import KIND_FILE, KIND_STATE, SCHEMA_VERSION, build_schema, open_index
 
@@ -43,8 +44,11 @@ class IndexFollower:
     stays valid (and unchanged) for as long as the caller holds it.
     """
 
-    def __init__(self, store, path: str):
+    def __init__(self, store, path: str, *, view: ReadView | None = None):
+        """``store``: the Store whose commits wake the follower; ``view``: how it reads
+        that store (default ``ReadView.of_store(store)``)."""
         self.store = store
+        self.view = view or ReadView.of_store(store)
         self.path = path
         self.schema = build_schema()
         self.applied_seq = 0
@@ -124,8 +128,7 @@ class IndexFollower:
 
     def catch_up_once(self) -> bool:
         """Apply up to APPLY_BATCH new WAL records and commit; True if there may be more."""
-        with self.store.env.read() as txn:
-            records = W.read_from(txn, self.store.env, self.applied_seq, APPLY_BATCH)
+        records = self.view.wal_after(self.applied_seq, APPLY_BATCH)
         if not records:
             return False
         with self._lock:
@@ -170,10 +173,10 @@ class IndexFollower:
         started = time.perf_counter()
         self.writer.delete_all_documents()
         count = 0
-        with self.store.env.read() as txn:
-            seq, _ = W.head(txn, self.store.env)
-            total = catalog.stats(txn, self.store.env)["files"]
-            for entry in catalog.iterate(txn, self.store.env):
+        with self.view.snapshot() as snap:
+            seq = snap.wal_head().seq
+            total = snap.stats()["files"]
+            for entry in snap.entries():
                 self.writer.add_document(D.file_document(entry.attr))
                 count += 1
                 if progress and count % 1000 == 0:
@@ -203,9 +206,9 @@ class IndexFollower:
     def lag(self) -> dict:
         """How far the index is behind the WAL: records, and seconds since the oldest
         record it has not applied was written (``rebuilding`` while built from scratch)."""
-        with self.store.env.read() as txn:
-            head, _ = W.head(txn, self.store.env)
-            pending = W.read_from(txn, self.store.env, self.applied_seq, 1)
+        with self.view.snapshot() as snap:
+            head = snap.wal_head().seq
+            pending = snap.wal_after(self.applied_seq, 1)
         seconds = 0.0
         if pending:
             seconds = max(0.0, time.time() - pending[0]["ts"] / 1e6)

@@ -523,7 +523,7 @@ def check_case(rig: PowerCutRig, ledger: Ledger, mount_view) -> None:
 
 
 def run_cycles(rig: PowerCutRig, ledger: Ledger, cycles: int, rng: random.Random,
-               verified: set[str], *, recovery_cut_every: int = 4) -> dict:
+               verified: set[str], *, recovery_cut_every: int = 3) -> dict:
     """``cycles`` power cuts under load, each followed by the checks. Returns counts."""
     counts = {"cycles": 0, "cuts_during_recovery": 0}
     for cycle in range(cycles):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from artstored.engine import Actor, UploadRequest
+from artstored.engine import Actor, ReadView, UploadRequest
 from artstored.fuse.model import ARCHIVED_ERRNO, ArchiveModel, FsError
 from artstored.fuse.names import display_name, file_ino, fit_name
 
@@ -30,7 +30,7 @@ def test_tree_and_clashes(store):
     a = put(store, "same.txt", b"first")
     b = put(store, "same.txt", b"second")
     c = put(store, "other file #1.txt", b"third")
-    model = ArchiveModel(store.data_dir, env=store.env)
+    model = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
     root = dict(model.readdir(1))
     assert set(root) == {"README", "by-date", "by-id", "search"}
     years = model.readdir(root["by-date"].ino)
@@ -61,8 +61,8 @@ def test_tree_and_clashes(store):
 
 def test_inodes_are_stable_across_models(store):
     a = put(store, "stable.txt")
-    first = ArchiveModel(store.data_dir, env=store.env)
-    second = ArchiveModel(store.data_dir, env=store.env)
+    first = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
+    second = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
     assert dict(first.readdir(first.by_id.ino)) == dict(second.readdir(second.by_id.ino))
     assert first.by_date.ino == second.by_date.ino
     assert dict(first.readdir(first.by_id.ino))[a["file_id"] + ".txt"].ino == \
@@ -72,7 +72,7 @@ def test_inodes_are_stable_across_models(store):
 
 
 def test_new_files_show_without_reopening(store):
-    model = ArchiveModel(store.data_dir, env=store.env)
+    model = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
     assert model.readdir(model.by_id.ino) == []
     a = put(store, "late.txt")
     assert [n for n, _ in model.readdir(model.by_id.ino)] == [a["file_id"] + ".txt"]
@@ -83,7 +83,7 @@ def test_archived_content_is_offline(store):
     a = put(store, "old.txt")
     store.set_mode("ro", ALICE)
     store.set_mode("ar", ALICE)
-    model = ArchiveModel(store.data_dir, env=store.env)
+    model = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
     node = model.lookup(model.by_id.ino, a["file_id"] + ".txt")
     with pytest.raises(FsError) as info:
         model.content_path(node)
@@ -95,7 +95,7 @@ def test_archived_content_is_offline(store):
 
 def test_statfs_reports_capacity(store):
     put(store, "a.txt")
-    model = ArchiveModel(store.data_dir, env=store.env)
+    model = ArchiveModel(store.data_dir, view=ReadView.of_store(store))
     info = model.statfs()
     st = os.statvfs(store.data_dir)
     assert info["files"] == 1

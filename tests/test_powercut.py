@@ -5,7 +5,7 @@ SHA-256; every acknowledged PATCH is at its version in the catalog and in attr.j
 acknowledged DELETE stays gone; nothing partial is in the catalog, the list, objects/ or
 tmp/; no intent is left; the audit chain verifies. At the end of each case search and the
 FUSE view agree with the catalog, and an offline rebuild from the sidecars brings back no
-acknowledged DELETE. Every fourth cycle also cuts the power again during recovery.
+acknowledged DELETE. Every third cycle also cuts the power again during recovery.
 """
 
 import contextlib

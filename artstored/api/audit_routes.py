@@ -32,7 +32,7 @@ async def list_events(request: web.Request) -> web.Response:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise BadRequest("limit must be 1-1000", code="invalid_limit")
     items, cursor = await blocking(
-        audit.page, svc.store.env, actor=q.get("actor"), kind=q.get("kind"),
+        audit.page, svc.view, actor=q.get("actor"), kind=q.get("kind"),
         file_id=q.get("file_id"),
         since=parse_time_param("from", q["from"]) if "from" in q else None,
         until=parse_time_param("to", q["to"]) if "to" in q else None,
@@ -43,7 +43,7 @@ async def list_events(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_READ)
 async def verify(request: web.Request) -> web.Response:
     svc = services(request)
-    return json_response(await blocking(audit.verify, svc.store.env))
+    return json_response(await blocking(audit.verify, svc.view))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..auth import roles as R
-from ..engine import catalog
 from ..engine import modes as M
 from ..engine.errors import BadRequest
 from ..index.search import SearchRequest, parse_time_param
@@ -61,9 +60,9 @@ def parse_request(query) -> SearchRequest:
 def run_search(svc, req: SearchRequest) -> dict:
     page = svc.search.search(req)
     attrs: dict[str, dict] = {}
-    with svc.store.env.read() as txn:
+    with svc.view.snapshot() as snap:
         for hit in page.hits:
-            entry = catalog.get(txn, svc.store.env, hit.file_id)
+            entry = snap.entry(hit.file_id)
             if entry is not None:
                 attrs[hit.file_id] = entry.attr
     snippets = svc.search.snippets(page, attrs)

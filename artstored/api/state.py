@@ -16,6 +16,7 @@ from ..engine.errors import NotReady
 class Services:
     config: object
     store: object = None          # engine.Store once recovery has finished
+    view: object = None           # engine.ReadView over the store: every read of LMDB
     accounts: object = None       # auth.accounts.AccountStore
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing

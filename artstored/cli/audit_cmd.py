@@ -5,24 +5,24 @@ running daemon is no obstacle) or through the API."""
 
 from __future__ import annotations
 
-import os
 import sys
 import urllib.parse
 
 from .. import audit
-from ..engine import lmdb_schema as S
+from ..engine.errors import NotFound
+from ..engine.view import ReadView
 from ..index.search import parse_time_param
 from .common import UsageError, add_remote_options, emit, load_config, make_client
 
 FILTERS = ("actor", "kind", "file_id")
 
 
-def _env(args) -> S.Env:
+def _view(args) -> ReadView:
     cfg = load_config(args)
-    path = os.path.join(cfg.data_dir, "store.lmdb")
-    if not os.path.isdir(path):
-        raise UsageError(f"{cfg.data_dir}: no store.lmdb here")
-    return S.Env(path, readonly=True)
+    try:
+        return ReadView.open(cfg.data_dir)
+    except NotFound:
+        raise UsageError(f"{cfg.data_dir}: no store.lmdb here") from None
 
 
 def _filters(args) -> dict:
@@ -45,11 +45,8 @@ def _query(args) -> dict:
 
 def cmd_verify(args) -> int:
     if args.data_dir:
-        env = _env(args)
-        try:
-            result = audit.verify(env)
-        finally:
-            env.close()
+        with _view(args) as view:
+            result = audit.verify(view)
     else:
         result = make_client(args).request("GET", "/api/v1/audit/verify")
     emit(args, result, lambda r: f"audit trail intact: {r['records']} records, head {r['head']}"
@@ -62,11 +59,8 @@ def cmd_export(args) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.data_dir:
-            env = _env(args)
-            try:
-                n = audit.export(env, out, **_filters(args))
-            finally:
-                env.close()
+            with _view(args) as view:
+                n = audit.export(view, out, **_filters(args))
         else:
             import json
             client, cursor, n = make_client(args), None, 0

@@ -56,3 +56,9 @@ def is_file_id(value: str) -> bool:
         return str(uuid.UUID(value)) == value
     except (ValueError, AttributeError, TypeError):
         return False
+
+
+def moment_key(ms: int) -> bytes:
+    """The smallest catalog key of an id made at or after ``ms`` (milliseconds since the
+    epoch; negative counts as 0): the 48-bit timestamp of UUIDv7, then zeros."""
+    return max(0, ms).to_bytes(6, "big") + b"\x00" * 10

@@ -31,6 +31,7 @@ from .lmdb_schema import DEFAULT_MAP_SIZE, META_DISKS, META_ELEMENT, Env
 from .node import NodeIdentity
 from .objectfiles import remove_object_files
 from .recovery import recover
+from .view import ReadView
 
 log = logging.getLogger("artstored.engine")
 
@@ -85,6 +86,9 @@ class Store:
             self.disks = self._open_disks(config)
             self._stripes = [threading.Lock() for _ in range(_STRIPES)]
             self._commit_listeners: list = []
+            # Every read of the catalog, the log and a file's bytes goes through this view
+            # (the same one the FUSE mount, the index and the audit trail use).
+            self.view = ReadView.of_store(self)
             self.recovery_report = recover(self)
             self.committer = GroupCommitter(self, max_batch=config.max_batch,
                                             sync_method=config.sync_method)
@@ -294,47 +298,35 @@ class Store:
 
     def get(self, file_id: str) -> CatalogEntry:
         """The catalog entry of ``file_id``; FileNotFound if there is none."""
-        with self.env.read() as txn:
-            entry = catalog.get(txn, self.env, file_id)
+        entry = self.view.entry(file_id)
         if entry is None:
             raise FileNotFound(f"no file with id {file_id}")
         return entry
 
     def content_path(self, entry: CatalogEntry) -> str:
+        """Where ``entry``'s data file lives once placed (DiskOffline if its disk is)."""
         return self.disks.get(entry.disk).data_path(entry.rel)
 
     def open_content(self, file_id: str):
         """(entry, the data file opened for reading); the caller closes it.
 
-        ModeNotAllowed in ``ar`` (content offline); FileNotFound; StoreCorrupt if the
-        catalog has the file and the disk does not. A file committed a moment ago may still
-        be on its way from tmp/ into objects/: it is found at either place.
+        ModeNotAllowed in ``ar`` (content offline); FileNotFound; DiskOffline if its disk
+        is; StoreCorrupt if the catalog has the file and the disk does not. A file committed
+        a moment ago may still be on its way from tmp/ into objects/: it is found at either
+        place (``ReadView.open_content``).
         """
         self.require(M.READ_CONTENT)
         entry = self.get(file_id)
-        final = self.content_path(entry)
-        for path in (final, self.committer.placing(file_id), final):
-            if path is None:
-                continue
-            try:
-                return entry, open(path, "rb")
-            except FileNotFoundError:
-                continue
-        raise StoreCorrupt(f"the content of file {file_id} is missing on disk")
+        self.content_path(entry)  # DiskOffline, naming the root, before anything else
+        return entry, os.fdopen(self.view.open_content(entry), "rb")
 
     def list(self, *, limit: int = 100, cursor: str | None = None,
              order: str = catalog.DESC) -> tuple[list[dict], str | None]:
-        with self.env.read() as txn:
-            entries, next_cursor = catalog.page(txn, self.env, limit=limit, cursor=cursor,
-                                                order=order)
+        entries, next_cursor = self.view.page(limit=limit, cursor=cursor, order=order)
         return [e.attr for e in entries], next_cursor
 
     def stats(self) -> dict:
-        with self.env.read() as txn:
-            st = catalog.stats(txn, self.env)
-            seq, _ = W.head(txn, self.env)
-            pending = len(W.intents(txn, self.env))
-        return {**st, "wal_seq": seq, "pending_intents": pending}
+        return self.view.stats()
 
     def capacity(self) -> dict:
         return self.disks.report()
