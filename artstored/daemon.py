@@ -23,11 +23,13 @@ from .api.app import build_app
 from .api.state import Services
 from .auth.accounts import AccountStore
 from .auth.keys import KeyRing
-from .auth.throttle import LoginThrottle
+from .auth.throttle import FailureTally, LoginThrottle, SuccessCache
+from .auth.verifier import SecretVerifier
 from .auth.tokens import TokenService
 from .engine import retention
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
+from .engine import wal as W
 from .engine.view import ReadView
 from .index.follower import IndexFollower
 from .index.search import SearchService
@@ -70,6 +72,9 @@ def open_services(svc: Services) -> None:
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
         svc.accounts.ensure_initial_admin(store.data_dir)
         svc.throttle = LoginThrottle()
+        svc.proven = SuccessCache()
+        svc.failure_tally = FailureTally()
+        svc.verifier = SecretVerifier()
         svc.jobs = JobRunner()
         svc.view = ReadView.of_store(store)
         svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"),
@@ -87,10 +92,24 @@ def open_services(svc: Services) -> None:
 
 
 def close_services(svc: Services) -> None:
-    """Blocking: stop the index follower, then commit what is queued and close the store."""
+    """Blocking: stop the index follower, audit the last sign-in failures, then commit what
+    is queued and close the store."""
     if svc.index is not None:
         svc.index.stop()
-    svc.store.close()
+    if svc.verifier is not None:
+        svc.verifier.shutdown()
+    try:
+        audit_sign_in_failures(svc)
+    finally:
+        svc.store.close()
+
+
+def audit_sign_in_failures(svc: Services) -> None:
+    """One WAL record with the sign-in failures since the last one (none if there were
+    none): the audit trail has them in aggregate, not a synced record per attempt."""
+    summary = svc.failure_tally.drain() if svc.failure_tally is not None else None
+    if summary is not None:
+        svc.store.record_event(W.AUTH_FAILURES, W.SYSTEM, summary)
 
 
 async def _gc_loop(svc: Services) -> None:
@@ -109,6 +128,15 @@ async def _gc_loop(svc: Services) -> None:
 
 
 UPKEEP_INTERVAL_SECONDS = 10
+
+
+async def _failure_audit_loop(svc: Services) -> None:
+    while True:
+        await asyncio.sleep(svc.config["auth.failure_audit_seconds"])
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, audit_sign_in_failures, svc)
+        except Exception:
+            log.exception("auditing sign-in failures failed")
 
 
 async def _upkeep_loop(svc: Services) -> None:
@@ -194,9 +222,11 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
                         f"{stats['files']} files, listening on {host}:{port}")
         gc_task = asyncio.ensure_future(_gc_loop(svc))
         upkeep_task = asyncio.ensure_future(_upkeep_loop(svc))
+        audit_task = asyncio.ensure_future(_failure_audit_loop(svc))
         await waiter
         gc_task.cancel()
         upkeep_task.cancel()
+        audit_task.cancel()
     else:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener

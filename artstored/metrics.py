@@ -96,6 +96,20 @@ class EngineCollector:
                                       value=svc.throttle.refused)
             yield CounterMetricFamily("artstore_token_lockouts", "Sign-in lockouts started",
                                       value=svc.throttle.lockouts)
+            yield GaugeMetricFamily("artstore_sign_in_pairs",
+                                    "(client, address) pairs with a failure score in memory",
+                                    value=len(svc.throttle))
+        if svc.verifier is not None:
+            yield GaugeMetricFamily("artstore_sign_in_verifications",
+                                    "Argon2id verifications running or queued",
+                                    value=svc.verifier.in_flight)
+            yield CounterMetricFamily("artstore_sign_in_busy",
+                                      "Sign-ins refused because the verification queue was full",
+                                      value=svc.verifier.refused)
+        if svc.proven is not None:
+            yield CounterMetricFamily("artstore_sign_in_proven",
+                                      "Sign-ins let through on a secret proven a moment ago",
+                                      value=svc.proven.hits)
         if svc.jobs is not None:
             jobs = GaugeMetricFamily("artstore_jobs_running", "Background jobs running",
                                      labels=["kind"])

@@ -144,6 +144,30 @@ class Api:
         return self.get(f"/api/v1/files/{file_id}/download", headers=headers)
 
 
+def token_request(port: int, client_id: str, secret: str, source: str = "127.0.0.1"):
+    """POST to the token endpoint from a given loopback source address."""
+    body = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": client_id,
+                                   "client_secret": secret}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+    try:
+        sock.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    finally:
+        sock.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    doc = json.loads(payload)
+    if status == 200:
+        ISSUED_SECRETS.add(doc["access_token"])
+    return status, headers, doc
+
+
 class Daemon:
     """An ``artstored`` subprocess with its own data directory and port."""
 

@@ -176,6 +176,16 @@ class PowerCutRig:
             fs.umount()
             fs.check_and_mount()
 
+    def error_lines(self, most: int = 60) -> str:
+        """The daemon log's error lines and tracebacks (for a failure's message)."""
+        try:
+            with open(self.daemon.log_path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        keep = [line[:3000] for line in lines if '"level": "error"' in line]
+        return "\n".join(keep[-most:])
+
     def close(self) -> None:
         self.daemon.kill()
         for fs in self.filesystems:
@@ -543,7 +553,11 @@ def run_cycles(rig: PowerCutRig, ledger: Ledger, cycles: int, rng: random.Random
             rig.restore()
             counts["cuts_during_recovery"] += 1
         rig.start()
-        check_cycle(rig, ledger, verified)
+        try:
+            check_cycle(rig, ledger, verified)
+        except AssertionError as exc:
+            raise AssertionError(f"cycle {cycle}: {exc}\n--- daemon log (errors) ---\n"
+                                 + rig.error_lines()) from None
         counts["cycles"] += 1
     return counts
 

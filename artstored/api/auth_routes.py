@@ -7,8 +7,10 @@ Errors are problem+json like everywhere else, and also carry RFC 6749 §5.2's ``
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import contextvars
 import time
 import urllib.parse
 
@@ -21,22 +23,10 @@ from .app import actor_of, public, requires
 from .responses import json_response, read_json
 from .state import blocking, services
 
-MAX_CLIENT_ID_LOGGED = 64
-
-
 class TooManyAttempts(ArtStoreError):
     code = "too_many_requests"
     status = 429
     title = "Too many sign-in attempts"
-
-
-def _record(svc, kind: str, client_id: str, address: str, **data) -> None:
-    """An audit record of a sign-in event (never with the secret)."""
-    with svc.store.env.write() as txn:
-        W.append(txn, svc.store.env, kind, W.Actor(client_id[:MAX_CLIENT_ID_LOGGED] or "-",
-                                                     "unauthenticated"),
-                 data={"client_id": client_id[:MAX_CLIENT_ID_LOGGED], "address": address,
-                       **data})
 
 
 def _oauth_error(cls, error: str, description: str, **extra):
@@ -80,21 +70,7 @@ async def token(request: web.Request) -> web.Response:
     if not client_id or not secret:
         raise _oauth_error(Unauthorized, "invalid_client", "client credentials are required")
     address = request.remote or "-"
-    wait = svc.throttle.check(client_id, address)
-    if wait:
-        raise _oauth_error(TooManyAttempts, "too_many_requests",
-                           f"too many sign-in attempts; retry in {wait} s", retry_after=wait)
-    try:
-        account = await blocking(svc.accounts.authenticate, client_id, secret)
-    except Unauthorized as exc:
-        svc.metrics.token_failures.labels(exc.code).inc()
-        locked = svc.throttle.failed(client_id, address)
-        await blocking(_record, svc, W.AUTH_FAILURE, client_id, address, reason=exc.code)
-        if locked:
-            await blocking(_record, svc, W.AUTH_LOCKOUT, client_id, address)
-        raise _oauth_error(Unauthorized, "invalid_client" if exc.code == "invalid_client"
-                           else exc.code, exc.detail) from None
-    svc.throttle.succeeded(client_id, address)
+    account = await _sign_in(svc, client_id, secret, address)
     scopes = R.narrow(account["scopes"], form.get("scope"))
     if form.get("scope") and not scopes:
         raise _oauth_error(BadRequest, "invalid_scope",
@@ -106,6 +82,39 @@ async def token(request: web.Request) -> web.Response:
         {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in,
          "scope": " ".join(scopes)},
         headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+async def _sign_in(svc, client_id: str, secret: str, address: str) -> dict:
+    """The account if the secret is right and the throttle allows it (see
+    ``auth.throttle`` for the rules); Unauthorized, TooManyAttempts or SignInBusy."""
+    account = svc.accounts.find(client_id)
+    if account is not None and svc.proven.proven(client_id, secret, account["secret_hash"]):
+        # Proven a moment ago with this very secret: no Argon2id run, and no lock made
+        # by someone else's guessing at this address applies.
+        try:
+            return svc.accounts.admit(account)
+        except Unauthorized as exc:
+            svc.proven.forget(client_id)
+            raise _oauth_error(Unauthorized, exc.code, exc.detail) from None
+    wait = svc.throttle.check(client_id, address)
+    if wait:
+        raise _oauth_error(TooManyAttempts, "too_many_requests",
+                           f"too many sign-in attempts; retry in {wait} s", retry_after=wait)
+    context = contextvars.copy_context()
+    future = svc.verifier.submit(context.run, svc.accounts.authenticate_which, client_id,
+                                 secret)
+    try:
+        account, current = await asyncio.wrap_future(future)
+    except Unauthorized as exc:
+        svc.metrics.token_failures.labels(exc.code).inc()
+        locked = svc.throttle.failed(client_id, address)
+        svc.failure_tally.add(client_id, address, exc.code, locked)
+        raise _oauth_error(Unauthorized, "invalid_client" if exc.code == "invalid_client"
+                           else exc.code, exc.detail) from None
+    svc.throttle.succeeded(client_id, address)
+    if current:  # a previous secret in its grace is never cached: the grace must end
+        svc.proven.remember(client_id, secret, account["secret_hash"])
+    return account
 
 
 @public
@@ -133,12 +142,8 @@ async def rotate_keys(request: web.Request) -> web.Response:
         raise ValidationError(f"grace_seconds must be {svc.tokens.ttl}-{30 * 86400} "
                               "(at least the token lifetime)", code="invalid_grace")
     kid = await blocking(svc.keyring.rotate, float(grace))
-
-    def record():
-        with svc.store.env.write() as txn:
-            W.append(txn, svc.store.env, W.KEYS_ROTATE, actor_of(request),
-                     data={"kid": kid, "grace_seconds": grace})
-    await blocking(record)
+    await blocking(svc.store.record_event, W.KEYS_ROTATE, actor_of(request),
+                   {"kid": kid, "grace_seconds": grace})
     return json_response({"active": kid, "items": svc.keyring.describe()})
 
 

@@ -42,7 +42,7 @@ def from_error(exc: ArtStoreError) -> web.Response:
             (f', error="{error}"' if error else "")
     if exc.code == "range_not_satisfiable" and "size" in exc.extra:
         headers["Content-Range"] = f"bytes */{exc.extra['size']}"
-    if exc.status == 429 and "retry_after" in exc.extra:
+    if exc.status in (429, 503) and "retry_after" in exc.extra:
         headers["Retry-After"] = str(exc.extra["retry_after"])
     if exc.status == 403:
         headers["WWW-Authenticate"] = 'Bearer realm="artstore", error="insufficient_scope"'

@@ -21,6 +21,9 @@ class Services:
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
     throttle: object = None       # auth.throttle.LoginThrottle
+    proven: object = None         # auth.throttle.SuccessCache
+    failure_tally: object = None  # auth.throttle.FailureTally
+    verifier: object = None       # auth.verifier.SecretVerifier
     metrics: object = None        # artstored.metrics.Metrics
     jobs: object = None           # artstored.jobs.JobRunner
     index: object = None          # artstored.index.follower.IndexFollower

@@ -211,16 +211,26 @@ class AccountStore:
 
     # --- checking ---------------------------------------------------------------------------
 
+    def find(self, client_id: str) -> dict | None:
+        """The account, or None if there is no such client id (a quick LMDB read)."""
+        try:
+            return self.get(client_id) if client_id else None
+        except NotFound:
+            return None
+
     def authenticate(self, client_id: str, secret: str, *, now: float | None = None) -> dict:
         """The account if ``secret`` is its current secret (or its previous one within the
         rotation grace) and it may sign in; otherwise Unauthorized with code
         ``invalid_client`` (or ``secret_expired`` / ``account_inactive`` once the right
-        secret has been proven)."""
+        secret has been proven). Runs Argon2id: call it on the verification pool."""
+        return self.authenticate_which(client_id, secret, now=now)[0]
+
+    def authenticate_which(self, client_id: str, secret: str, *,
+                           now: float | None = None) -> tuple[dict, bool]:
+        """As ``authenticate``; also says whether it was the current secret (False: the
+        previous one, inside its rotation grace)."""
         now = time.time() if now is None else now
-        try:
-            account = self.get(client_id) if client_id else None
-        except NotFound:
-            account = None
+        account = self.find(client_id)
         if account is None:
             _verify_secret(self._dummy_hash, secret)
             raise Unauthorized("unknown client or wrong secret", code="invalid_client")
@@ -229,6 +239,12 @@ class AccountStore:
             _verify_secret(account.get("previous_secret_hash"), secret)
         if not current and not previous:
             raise Unauthorized("unknown client or wrong secret", code="invalid_client")
+        return self.admit(account, current=current, now=now), current
+
+    def admit(self, account: dict, *, current: bool = True, now: float | None = None) -> dict:
+        """``account`` if it may sign in with a secret already proven (``current``: its
+        current secret, else its previous one in the grace); Unauthorized otherwise."""
+        now = time.time() if now is None else now
         if account["status"] != ACTIVE:
             raise Unauthorized(f"account is {account['status']}", code="account_inactive")
         if current and account.get("secret_expires_at") and account["secret_expires_at"] <= now:

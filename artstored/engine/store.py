@@ -417,6 +417,16 @@ class Store:
                     W.drop_intent(txn, self.env, op)
         self.notify_committed()
 
+    def record_event(self, kind: str, actor: W.Actor, data: dict) -> int:
+        """Append an audit record that changes no file (sign-in failures in aggregate, a key
+        rotation); returns its sequence number. Durable when it returns."""
+        if kind not in W.KINDS:
+            raise ValueError(f"unknown WAL record kind {kind!r}")
+        with self.env.write() as txn:
+            seq = W.append(txn, self.env, kind, actor, data=data)
+        self.notify_committed()
+        return seq
+
     # --- followers ------------------------------------------------------------------------
 
     def add_commit_listener(self, callback) -> None:

@@ -44,12 +44,14 @@ FILE_DELETE = "file.delete"
 ELEMENT_MODE = "element.mode"
 ACCOUNT_CREATE = "account.create"
 ACCOUNT_UPDATE = "account.update"
-AUTH_FAILURE = "auth.failure"   # a sign-in that failed (never with the secret)
-AUTH_LOCKOUT = "auth.lockout"   # sign-ins refused for a while after repeated failures
+AUTH_FAILURE = "auth.failure"   # (older stores) one failed sign-in
+AUTH_LOCKOUT = "auth.lockout"   # (older stores) one lockout
+AUTH_FAILURES = "auth.failures"  # failed sign-ins and lockouts of an interval, in aggregate
 KEYS_ROTATE = "keys.rotate"
 CATALOG_REBUILD = "catalog.rebuild"
 KINDS = (FILE_CREATE, FILE_UPDATE, FILE_DELETE, ELEMENT_MODE, ACCOUNT_CREATE,
-         ACCOUNT_UPDATE, AUTH_FAILURE, AUTH_LOCKOUT, KEYS_ROTATE, CATALOG_REBUILD)
+         ACCOUNT_UPDATE, AUTH_FAILURE, AUTH_LOCKOUT, AUTH_FAILURES, KEYS_ROTATE,
+         CATALOG_REBUILD)
 
 GENESIS = b"\x00" * 32
 HASH_BYTES = 32
