@@ -202,7 +202,7 @@ def example_toml() -> str:
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, not {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

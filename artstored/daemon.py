@@ -185,7 +185,11 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
     svc = Services(config=cfg)
     svc.metrics = Metrics(svc)
     app = build_app(svc)
+    # auto_decompress=False: a request body is taken as sent; one with a Content-Encoding
+    # is refused with 415 before it is read (api.app.content_encoding_middleware), so no
+    # compressed body is ever inflated here (no decompression bombs, no zlib errors).
     runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE,
+                           auto_decompress=False,
                            shutdown_timeout=cfg["server.shutdown_grace_seconds"])
     await runner.setup()
     host, port = cfg.listen

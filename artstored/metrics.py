@@ -99,6 +99,11 @@ class EngineCollector:
             yield GaugeMetricFamily("artstore_sign_in_pairs",
                                     "(client, address) pairs with a failure score in memory",
                                     value=len(svc.throttle))
+        if svc.malformed is not None:
+            yield CounterMetricFamily("artstore_http_malformed_requests",
+                                      "Requests refused before routing because they could not "
+                                      "be parsed (bad header characters, over-long lines)",
+                                      value=svc.malformed.malformed)
         if svc.verifier is not None:
             yield GaugeMetricFamily("artstore_sign_in_verifications",
                                     "Argon2id verifications running or queued",

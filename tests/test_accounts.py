@@ -345,3 +345,37 @@ def test_audit_trail(daemon):
     assert json.loads(r.stdout)["broken_seq"] == target
     assert f"BROKEN at record {target}".encode() in \
         daemon.cli("audit", "verify", "--data-dir", daemon.data_dir).stdout
+
+
+def test_an_expired_system_admin_secret_is_renewed_offline(make_daemon):
+    """Nothing online can renew the system admin's secret once it has expired; on the host,
+    with the daemon stopped, ``artstore account rotate-secret --data-dir`` can."""
+    d = make_daemon("node", config={"auth": {"secret_ttl_days": 1}})
+    creds = d.admin_credentials()
+    d.stop()
+    store = Store(StoreConfig(data_dir=d.data_dir))   # age the secret past its expiry
+    try:
+        accounts = AccountStore(store.env)
+        accounts._update(creds["client_id"], Actor("t", "t"), "test: expire",
+                         lambda a: a.update(secret_expires_at=time.time() - 1) or {})
+    finally:
+        store.close()
+    d.start()
+    status, _, doc = token_request(d.port, creds["client_id"], creds["client_secret"])
+    assert status == 401 and doc["code"] == "secret_expired"
+    running = d.cli("account", "rotate-secret", "--data-dir", d.data_dir, creds["client_id"])
+    assert running.returncode != 0 and b"store_locked" in running.stderr  # daemon must stop
+    d.stop()
+    result = d.cli("account", "rotate-secret", "--data-dir", d.data_dir, creds["client_id"],
+                   "--json")
+    assert result.returncode == 0, result.stderr
+    new = json.loads(result.stdout)
+    ISSUED_SECRETS.add(new["client_secret"])
+    assert new["client_id"] == creds["client_id"] and "secret_hash" not in new
+    assert d.admin_credentials()["client_secret"] == new["client_secret"]
+    d.start()
+    assert token_request(d.port, creds["client_id"], new["client_secret"])[0] == 200
+    assert token_request(d.port, creds["client_id"], creds["client_secret"])[0] == 401
+    changes = d.api().get("/api/v1/audit?kind=account.update&limit=100").json()["items"]
+    assert any(e["data"]["change"] == "secret rotated" and
+               e["actor"]["name"] == "offline rotate-secret" for e in changes)

@@ -13,6 +13,7 @@ import secrets
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .. import logs
 from ..auth import roles as R
@@ -122,6 +123,64 @@ async def problem_middleware(request: web.Request, handler):
     return response
 
 
+@web.middleware
+async def content_encoding_middleware(request: web.Request, handler):
+    """Request bodies are taken only as sent (``identity``): a compressed upload would be
+    inflated past every size check, and documents arrive compressed already. Anything
+    else is 415 (RFC 9110 §15.5.16) before a byte of the body is read."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise UnsupportedContentEncoding(
+            f"request bodies are accepted without Content-Encoding, not {coding[:40]!r}",
+            content_encoding=coding[:40])
+    return await handler(request)
+
+
+class UnsupportedContentEncoding(ArtStoreError):
+    code = "unsupported_content_encoding"
+    status = 415
+    title = "Content-Encoding not accepted"
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs each request it cannot parse (a control character or an over-long line
+    in a header, a broken body framing) with a full traceback at ERROR: a stream of garbage
+    would bury the log. Such records become one line at INFO, at most ``per_second`` a
+    second; the rest are only counted (``dropped``; /metrics shows ``malformed``)."""
+
+    def __init__(self, per_second: float = 10.0):
+        super().__init__()
+        self.per_second = per_second
+        self._allowance = per_second
+        self._last = time.monotonic()
+        self.malformed = 0
+        self.dropped = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.malformed += 1
+        now = time.monotonic()
+        self._allowance = min(self.per_second,
+                              self._allowance + (now - self._last) * self.per_second)
+        self._last = now
+        if self._allowance < 1:
+            self.dropped += 1
+            return False
+        self._allowance -= 1
+        record.msg = "refused a malformed request: %s"
+        record.args = (str(exc.message if hasattr(exc, "message") else exc)[:200],)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+MALFORMED = MalformedRequestFilter()
+logging.getLogger("aiohttp.server").addFilter(MALFORMED)
+
+
 def _body_consumed(request: web.Request) -> bool:
     if not request.body_exists:
         return True
@@ -163,10 +222,12 @@ def build_app(svc: Services) -> web.Application:
     from . import accounts, audit_routes, auth_routes, element, files, health, search
 
     app = web.Application(
-        middlewares=[request_id_middleware, problem_middleware, auth_middleware],
+        middlewares=[request_id_middleware, problem_middleware, content_encoding_middleware,
+                     auth_middleware],
         client_max_size=svc.config["server.client_max_fields_bytes"],
     )
     app[SERVICES] = svc
+    svc.malformed = MALFORMED
     for module in (health, auth_routes, files, element, accounts, search, audit_routes):
         module.add_routes(app.router)
     return app

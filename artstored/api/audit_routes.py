@@ -13,6 +13,7 @@ from .. import audit
 from ..auth import roles as R
 from ..engine.errors import BadRequest
 from ..index.search import parse_time_param
+from .params import ascii_int
 from .app import requires
 from .responses import json_response
 from .state import blocking, services
@@ -29,7 +30,7 @@ async def list_events(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown parameter {sorted(unknown)[0][:60]!r}",
                          code="invalid_parameter")
     limit = q.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    if ascii_int(limit, 1, 1000) is None:
         raise BadRequest("limit must be 1-1000", code="invalid_limit")
     items, cursor = await blocking(
         audit.page, svc.view, actor=q.get("actor"), kind=q.get("kind"),

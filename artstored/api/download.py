@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ..engine.errors import PreconditionFailed, RangeNotSatisfiable, StoreCorrupt
 
-_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE | re.ASCII)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

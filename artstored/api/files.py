@@ -11,6 +11,7 @@ from ..engine import catalog
 from ..engine import modes as M
 from ..engine.errors import BadRequest, NotReady, PreconditionFailed, ValidationError
 from . import download
+from .params import ascii_int
 from .app import actor_of, requires
 from .responses import json_response, read_json
 from .state import blocking, services
@@ -28,9 +29,10 @@ def parse_limit(request: web.Request) -> int:
     raw = request.query.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    value = ascii_int(raw, 1, MAX_LIMIT)
+    if value is None:
         raise BadRequest(f"limit must be 1-{MAX_LIMIT}", code="invalid_limit")
-    return int(raw)
+    return value
 
 
 @requires(R.USER, R.FILES_WRITE)
@@ -83,8 +85,10 @@ def _expected_version(request: web.Request) -> int | None:
     if header is None:
         return None
     tag = header.strip()
-    if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
-        return int(tag[2:-1])
+    version = ascii_int(tag[2:-1], 1, 2 ** 62) \
+        if tag.startswith('"v') and tag.endswith('"') else None
+    if version is not None:
+        return version
     raise PreconditionFailed("If-Match takes the ETag of the metadata, such as \"v3\"")
 
 

@@ -44,6 +44,8 @@ def from_error(exc: ArtStoreError) -> web.Response:
         headers["Content-Range"] = f"bytes */{exc.extra['size']}"
     if exc.status in (429, 503) and "retry_after" in exc.extra:
         headers["Retry-After"] = str(exc.extra["retry_after"])
+    if exc.code == "unsupported_content_encoding":
+        headers["Accept-Encoding"] = "identity"
     if exc.status == 403:
         headers["WWW-Authenticate"] = 'Bearer realm="artstore", error="insufficient_scope"'
     return problem(exc.status, exc.code, exc.title, exc.detail, headers=headers, **exc.extra)

@@ -16,6 +16,7 @@ from ..auth import roles as R
 from ..engine import modes as M
 from ..engine.errors import BadRequest
 from ..index.search import SearchRequest, parse_time_param
+from .params import ascii_int
 from .app import requires
 from .responses import json_response
 from .state import blocking, services
@@ -26,7 +27,7 @@ PARAMS = {"q", "created_from", "created_to", "content_type", "created_by", "size
 
 
 def _int_param(name: str, value: str, low: int, high: int, code: str) -> int:
-    if not value.isdigit() or not low <= int(value) <= high:
+    if ascii_int(value, low, high) is None:
         raise BadRequest(f"{name} must be a whole number {low}-{high}", code=code)
     return int(value)
 

@@ -24,6 +24,7 @@ class Services:
     proven: object = None         # auth.throttle.SuccessCache
     failure_tally: object = None  # auth.throttle.FailureTally
     verifier: object = None       # auth.verifier.SecretVerifier
+    malformed: object = None      # api.app.MalformedRequestFilter (counts unparsable requests)
     metrics: object = None        # artstored.metrics.Metrics
     jobs: object = None           # artstored.jobs.JobRunner
     index: object = None          # artstored.index.follower.IndexFollower

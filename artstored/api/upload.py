@@ -24,6 +24,7 @@ from ..engine.errors import BadRequest, UploadTooLarge, ValidationError
 from ..engine.store import UploadRequest
 from ..engine.wal import Actor
 from .multipart import MultipartStream, boundary_of
+from .params import ascii_int
 from .state import blocking
 
 BATCH_BYTES = 1 << 20
@@ -50,10 +51,11 @@ def _parse_field(name: str, raw: bytes, fields: dict) -> None:
     elif name == "retention_policy":
         fields[name] = text.strip() or None
     elif name == "ttl_days":
-        if not text.strip().isdigit():
+        days = ascii_int(text.strip(), 0, 10 ** 6)
+        if days is None:
             raise ValidationError("ttl_days must be a whole number of days",
                                   code="invalid_retention")
-        fields[name] = int(text.strip())
+        fields[name] = days
     elif name == "sha256":
         if not _SHA256_RE.match(text.strip()):
             raise ValidationError("sha256 must be 64 hexadecimal digits",

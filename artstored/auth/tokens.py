@@ -96,7 +96,10 @@ class TokenService:
             raise Unauthorized("only alg EdDSA is accepted", code="token_invalid")
         if "crit" in header:
             raise Unauthorized("unsupported critical header", code="token_invalid")
-        key = self.keyring.verifying_keys(now).get(header.get("kid"))
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise Unauthorized("token header needs a kid string", code="token_malformed")
+        key = self.keyring.verifying_keys(now).get(kid)
         if key is None:
             raise Unauthorized("token signed with an unknown key", code="token_invalid")
         try:

@@ -3,6 +3,7 @@ delete``: service accounts (admin). A new secret is printed once, and only to st
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 
 from .common import add_remote_options, emit, make_client
@@ -56,9 +57,41 @@ def cmd_role(args):
 
 
 def cmd_rotate(args):
+    if args.data_dir:
+        return _rotate_offline(args)
     emit(args, make_client(args).request("POST", _path(args.client_id, "/rotate-secret"),
                                          json_body={"grace_seconds": args.grace}),
          _secret_text)
+
+
+def _rotate_offline(args):
+    """On the host, with the daemon stopped: a new secret straight into the store (the way
+    back in when an admin's secret has expired, or its holder is gone). Only for whoever
+    owns the data directory (root, or the service user), never over the network."""
+    import os
+
+    from ..auth.accounts import INITIAL_ADMIN_FILE, AccountStore, public_view
+    from ..engine import durable
+    from ..engine.wal import Actor
+    from .common import UsageError, load_config
+    from .offline_cmd import open_store
+
+    cfg = load_config(args)
+    data_dir = os.path.abspath(cfg.data_dir)
+    owner = os.stat(data_dir).st_uid if os.path.isdir(data_dir) else None
+    if os.geteuid() not in (0, owner):
+        raise UsageError(f"only root or the owner of {data_dir} may rotate a secret offline")
+    with open_store(args) as store:
+        accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
+        actor = Actor(f"local:uid{os.geteuid()}", "offline rotate-secret", "admin")
+        account, secret = accounts.rotate_secret(args.client_id, actor, grace_seconds=args.grace)
+    credentials = os.path.join(data_dir, INITIAL_ADMIN_FILE)
+    if account.get("system") and os.path.exists(credentials):
+        body = {"client_id": account["client_id"], "client_secret": secret}
+        durable.atomic_write(credentials, json.dumps(body, indent=2).encode() + b"\n",
+                             mode=0o600)
+    emit(args, {**public_view(account), "client_secret": secret}, _secret_text)
+    return 0
 
 
 def cmd_revoke(args):
@@ -109,4 +142,9 @@ def register(sub) -> None:
     a.add_argument("client_id")
     a.add_argument("--grace", type=float, default=0, metavar="SECONDS",
                    help="keep the old secret working this long (default 0)")
+    a.add_argument("--data-dir", metavar="DIR",
+                   help="offline, on the host, with the daemon stopped: rotate directly in "
+                        "DIR (root or the directory's owner only; renews even an expired "
+                        "system admin secret, and rewrites initial-admin.json if present)")
+    a.add_argument("--config", help="config file (with --data-dir: for the data directory)")
     a.set_defaults(func=cmd_rotate)
