@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 
-from . import core, durability, fuse, search, suite
+from . import core, durability, fuse, hostile, search, suite
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -116,6 +116,9 @@ def main(argv=None) -> int:
                                                quick=args.quick)
         timings["durability"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nDurability:\n" + durability.report(results["durability"]), flush=True)
+        results["hostile"] = hostile.run(args.work, quick=args.quick)
+        timings["hostile"] = round(time.monotonic() - started - sum(timings.values()))
+        print("\nHostile clients:\n" + hostile.report(results["hostile"]), flush=True)
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
         timings["suite"] = round(time.monotonic() - started - sum(timings.values()))
     finally:

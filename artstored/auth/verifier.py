@@ -5,7 +5,8 @@ uploads and downloads use, a few addresses sending sign-ins could take every thr
 gigabytes of memory. Here they run on at most ``workers`` threads (no more than the
 cores), with at most ``queue`` more waiting; past that a sign-in is refused at once with
 ``SignInBusy`` (503 with ``Retry-After``), so a flood of sign-ins costs at most
-``workers × 64 MiB`` and never delays anything else.
+``workers × 64 MiB`` and never delays anything else. The threads run at a lower priority
+(nice 10), so the CPU goes to the rest of the daemon first.
 """
 
 from __future__ import annotations
@@ -25,13 +26,27 @@ class SignInBusy(ArtStoreError):
     title = "Too many sign-ins at once"
 
 
+NICE = 10
+
+
+def _lower_priority() -> None:
+    """A verification thread yields the CPU to everything else in the daemon: under a
+    flood of sign-ins the event loop and the upload threads still get their share."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+    except OSError:  # not allowed here: the bound on threads still holds
+        pass
+
+
 class SecretVerifier:
     """``submit(fn, *args)`` runs ``fn`` on the verification pool; thread-safe."""
 
     def __init__(self, workers: int | None = None, queue: int = 32):
-        self.workers = workers or max(1, min(2, os.cpu_count() or 1))
+        # Half the cores at most: the other half stays for uploads, downloads and search.
+        self.workers = workers or max(1, (os.cpu_count() or 2) // 2)
         self.queue = queue
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="argon2",
+                                        initializer=_lower_priority)
         self._slots = threading.BoundedSemaphore(self.workers + queue)
         self._lock = threading.Lock()
         self.in_flight = 0
