@@ -24,13 +24,28 @@ def _jsonable(value):
     return value
 
 
+# PREMIS 3 event types of the records that are preservation events in themselves; a
+# ``preservation`` record (fixity check, quarantine, validation, replication) names its own.
+PREMIS_EVENT_TYPES = {"file.create": "ingestion", "file.delete": "deletion",
+                      "file.update": "metadata modification"}
+
+
 def event(record: dict) -> dict:
-    """A WAL record as an audit event (JSON-ready)."""
+    """A WAL record as an audit event (JSON-ready), with its PREMIS event type and outcome
+    where it is a preservation event."""
     moment = datetime.fromtimestamp(record["ts"] / 1e6, tz=timezone.utc)
-    return {"seq": record["seq"], "time": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "kind": record["kind"], "state": record["state"], "actor": record["actor"],
-            "file_id": record.get("file_id"), "data": _jsonable(record.get("data") or {}),
-            "prev": record["prev"].hex()}
+    data = record.get("data") or {}
+    out = {"seq": record["seq"], "time": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+           "kind": record["kind"], "state": record["state"], "actor": record["actor"],
+           "file_id": record.get("file_id"), "data": _jsonable(data),
+           "prev": record["prev"].hex()}
+    premis = data.get("premis_event_type") if isinstance(data, dict) else None
+    premis = premis or PREMIS_EVENT_TYPES.get(record["kind"])
+    if premis:
+        out["premis"] = {"event_type": premis,
+                         "outcome": (data.get("outcome") if isinstance(data, dict) else None)
+                         or ("success" if record["state"] == "COMMITTED" else "failure")}
+    return out
 
 
 def _matches(record: dict, actor, kind, file_id, since_us, until_us) -> bool:

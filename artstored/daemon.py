@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from aiohttp import web
 
@@ -26,14 +27,17 @@ from .auth.keys import KeyRing
 from .auth.throttle import FailureTally, LoginThrottle, SuccessCache
 from .auth.verifier import SecretVerifier
 from .auth.tokens import TokenService
+from .engine import attrs as A
 from .engine import retention
+from .engine.rebuild import rebuild_catalog
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
 from .engine import wal as W
 from .engine.view import ReadView
 from .index.follower import IndexFollower
 from .index.search import SearchService
-from .jobs import JobRunner
+from .preservation import jobs as J
+from .preservation import scrub, verify
 from .metrics import Metrics
 
 log = logging.getLogger("artstored")
@@ -75,12 +79,13 @@ def open_services(svc: Services) -> None:
         svc.proven = SuccessCache()
         svc.failure_tally = FailureTally()
         svc.verifier = SecretVerifier()
-        svc.jobs = JobRunner()
         svc.view = ReadView.of_store(store)
         svc.index = IndexFollower(store, os.path.join(store.data_dir, "index"),
                                   view=svc.view)
         svc.search = SearchService(svc.index)
         svc.index.start()
+        svc.jobs = J.JobRunner(store, job_kinds(svc, store))
+        svc.jobs.resume_interrupted()
     except BaseException:
         if svc.index is not None:
             svc.index.stop()
@@ -91,9 +96,106 @@ def open_services(svc: Services) -> None:
              extra={"node_id": store.node.node_id})
 
 
+def job_kinds(svc: Services, store: Store) -> list[J.JobKind]:
+    """The background jobs this daemon runs (all of them pick up again after a restart:
+    verify and scrub from their checkpoints, the others from the start, which is safe)."""
+
+    def actor(ctx) -> W.Actor:
+        who = ctx.params.get("actor") or {}
+        return W.Actor(who.get("id", "system"), who.get("name", "system"))
+
+    return [
+        J.JobKind("gc", lambda ctx: retention.collect_expired(
+            store, progress=ctx.files_progress), resumable=True),
+        J.JobKind("rebuild", lambda ctx: rebuild_catalog(
+            store, progress=ctx.files_progress, actor=actor(ctx)), resumable=True),
+        J.JobKind("reindex", lambda ctx: svc.index.reindex(progress=ctx.files_progress),
+                  resumable=True),
+        J.JobKind("verify", lambda ctx: verify.run(store, ctx, actor=actor(ctx),
+                                                   deep=ctx.params.get("deep", False)),
+                  resumable=True),
+        J.JobKind("export", lambda ctx: export_job(svc, store, ctx)),
+        J.JobKind("scrub", lambda ctx: scrub.run(
+            store, ctx, rate_mb_per_s=ctx.params.get("rate_mb_per_s",
+                                                     svc.config["scrub.rate_mb_per_s"]),
+            concurrency=ctx.params.get("concurrency", svc.config["scrub.concurrency"])),
+            resumable=True),
+    ]
+
+
+def export_job(svc: Services, store: Store, ctx) -> dict:
+    """A BagIt bag of the selected files under ``export.directory``; a PREMIS
+    ``replication`` event records it."""
+    from .index.search import ASC, CREATED_AT, SearchRequest
+    from .preservation.export import export_bag
+
+    params = ctx.params
+    root = svc.config["export.directory"] or os.path.join(store.data_dir, "exports")
+    os.makedirs(root, exist_ok=True)
+    if "query" in params:
+        ids, cursor = [], None
+        while True:
+            page = svc.search.search(SearchRequest(q=params["query"], sort=CREATED_AT,
+                                                   order=ASC, limit=100, cursor=cursor))
+            ids.extend(hit.file_id for hit in page.hits)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        items, selection = ids, f"query: {params['query']}"
+    elif "file_ids" in params:
+        items, selection = params["file_ids"], f"{len(params['file_ids'])} file ids"
+    else:
+        items, selection = (e for page in _catalog_pages(store) for e in page), "all files"
+    report = export_bag(
+        store.view, items, os.path.join(root, params["name"]),
+        source=f"{store.node.node_id} ({store.node.name})", selection=selection,
+        bag_info={"Source-Organization": params["organization"]}
+        if params.get("organization") else None,
+        progress=lambda files, nbytes: ctx.progress(done_files=files, done_bytes=nbytes),
+        cancelled=ctx.cancelled.is_set)
+    who = params.get("actor") or {}
+    store.record_event(W.PRESERVATION, W.Actor(who.get("id", "system"),
+                                               who.get("name", "system")),
+                       {"premis_event_type": "replication", "outcome": "success",
+                        "detail": f"BagIt export of {report['files']} files "
+                                  f"({selection}) to {report['bag']}"})
+    return report
+
+
+def _catalog_pages(store: Store):
+    cursor = None
+    while True:
+        entries, cursor = store.view.page(limit=500, cursor=cursor, order="asc")
+        yield entries
+        if cursor is None:
+            return
+
+
+def start_scheduled_scrub(svc: Services) -> dict | None:
+    """Start a scrub if the element's mode asks for a full pass more often than the last
+    one finished (``scrub.interval_days_<mode>``); the job's record, or None."""
+    mode = "rw" if svc.store.mode == "edit" else svc.store.mode
+    days = svc.config[f"scrub.interval_days_{mode}"]
+    if not days or any(j["kind"] == "scrub" for j in svc.jobs.running()):
+        return None
+    last = svc.jobs.list(limit=1, kind="scrub", states=(J.SUCCEEDED,))
+    # The first pass is due one interval after the element was made: its files are new.
+    since = last[0]["finished_at"] if last and last[0]["finished_at"] else \
+        A.parse_time(svc.store.element_state()["created_at"]).timestamp()
+    if time.time() - since < days * 86400:
+        return None
+    try:
+        return svc.jobs.start("scrub", "system", {"scheduled": True})
+    except ArtStoreError:
+        return None
+
+
 def close_services(svc: Services) -> None:
-    """Blocking: stop the index follower, audit the last sign-in failures, then commit what
-    is queued and close the store."""
+    """Blocking: stop the jobs (resumable ones resume at the next start) and the index
+    follower, audit the last sign-in failures, then commit what is queued and close the
+    store."""
+    if svc.jobs is not None:
+        svc.jobs.stop()
     if svc.index is not None:
         svc.index.stop()
     if svc.verifier is not None:
@@ -145,6 +247,7 @@ async def _upkeep_loop(svc: Services) -> None:
     while True:
         await asyncio.sleep(UPKEEP_INTERVAL_SECONDS)
         try:
+            await asyncio.get_running_loop().run_in_executor(None, start_scheduled_scrub, svc)
             done = await asyncio.get_running_loop().run_in_executor(None, svc.store.maintain)
             if done["stale_readers_cleared"]:
                 log.warning("cleared %d stale LMDB reader slots (a reader process died "

@@ -121,11 +121,32 @@ class EngineCollector:
             progress = GaugeMetricFamily("artstore_job_progress_ratio",
                                          "Done ÷ total of running jobs", labels=["kind"])
             for job in svc.jobs.running():
-                jobs.add_metric([job.kind], 1)
-                if job.total:
-                    progress.add_metric([job.kind], job.done / job.total)
+                jobs.add_metric([job["kind"]], 1)
+                p = job["progress"]
+                if p.get("total_bytes"):
+                    progress.add_metric([job["kind"]], p["done_bytes"] / p["total_bytes"])
+                elif p.get("total_files"):
+                    progress.add_metric([job["kind"]], p["done_files"] / p["total_files"])
             yield jobs
             yield progress
+            yield from _scrub_metrics(svc)
+
+
+def _scrub_metrics(svc):
+    """Fixity: what the scrubs have verified and found, and when a pass last completed."""
+    verified = CounterMetricFamily("artstore_scrub_verified_bytes",
+                                   "Bytes re-hashed by scrubs (jobs on record)")
+    corrupt = GaugeMetricFamily("artstore_scrub_objects_corrupt",
+                                "Objects found damaged or missing by the last scrub pass")
+    last = GaugeMetricFamily("artstore_scrub_last_full_pass_timestamp_seconds",
+                             "When the last complete scrub pass finished (0: never)")
+    records = svc.jobs.list(limit=100, kind="scrub")
+    verified.add_metric([], sum((r["progress"].get("done_bytes") or 0) for r in records))
+    done = [r for r in records if r["state"] == "succeeded" and r.get("report")]
+    outcomes = done[0]["report"].get("outcomes", {}) if done else {}
+    corrupt.add_metric([], outcomes.get("corrupt", 0) + outcomes.get("missing", 0))
+    last.add_metric([], done[0]["finished_at"] if done else 0)
+    yield from (verified, corrupt, last)
 
 
 class Metrics:

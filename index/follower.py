@@ -173,14 +173,18 @@ class IndexFollower:
         started = time.perf_counter()
         self.writer.delete_all_documents()
         count = 0
-        with self.view.snapshot() as snap:
-            seq = snap.wal_head().seq
-            total = snap.stats()["files"]
-            for entry in snap.entries():
-                self.writer.add_document(D.file_document(entry.attr))
-                count += 1
-                if progress and count % 1000 == 0:
-                    progress(count, total)
+        try:
+            with self.view.snapshot() as snap:
+                seq = snap.wal_head().seq
+                total = snap.stats()["files"]
+                for entry in snap.entries():
+                    self.writer.add_document(D.file_document(entry.attr))
+                    count += 1
+                    if progress and count % 1000 == 0:
+                        progress(count, total)  # may raise: a cancelled job
+        except BaseException:
+            self.writer.rollback()   # the index stays as it was, never half rebuilt
+            raise
         self._commit(seq)
         if progress:
             progress(count, total)

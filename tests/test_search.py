@@ -338,7 +338,7 @@ def test_sigkill_while_the_index_is_behind(make_daemon):
                      and j, 30, "the reindex job to end")
     assert job["state"] == "succeeded", job
     assert job["report"]["files"] == len(catalog)
-    assert job["progress"]["done"] == len(catalog)
+    assert job["progress"]["done_files"] == len(catalog)
     d.stop()
     out = d.cli("reindex", "--data-dir", d.data_dir, "--json")
     assert out.returncode == 0, out.stderr

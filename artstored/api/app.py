@@ -219,7 +219,7 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def build_app(svc: Services) -> web.Application:
-    from . import accounts, audit_routes, auth_routes, element, files, health, search
+    from . import accounts, audit_routes, auth_routes, element, files, health, jobs, search
 
     app = web.Application(
         middlewares=[request_id_middleware, problem_middleware, content_encoding_middleware,
@@ -228,6 +228,6 @@ def build_app(svc: Services) -> web.Application:
     )
     app[SERVICES] = svc
     svc.malformed = MALFORMED
-    for module in (health, auth_routes, files, element, accounts, search, audit_routes):
+    for module in (health, auth_routes, files, element, jobs, accounts, search, audit_routes):
         module.add_routes(app.router)
     return app

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 
 from aiohttp import web
 
 from ..auth import roles as R
+from ..engine import attrs as A
 from ..engine import catalog
+from ..engine.node import b64url
 from ..engine import modes as M
 from ..engine.errors import BadRequest, NotReady, PreconditionFailed, ValidationError
 from . import download
@@ -111,10 +114,50 @@ async def delete_file(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def fixity_report(store, file_id: str) -> dict:
+    """What can be proven about a file: its digests, the signature over them and the key
+    that checks it, and its last fixity check (``null`` if never)."""
+    entry = store.get(file_id)
+    attr = entry.attr
+    record = store.view.fixity(file_id)
+    last = None
+    if record is not None:
+        last = {"checked_at": A.format_time(datetime.fromtimestamp(
+                    record["last_verified"] / 1e6, tz=timezone.utc)),
+                "outcome": record["outcome"], "detail": record.get("detail")}
+        if record.get("quarantine"):
+            last["quarantine"] = {"reason": record["quarantine"]["reason"],
+                                  "path": record["quarantine"]["path"]}
+    signature = attr.get("signature") or {}
+    return {
+        "file_id": file_id, "file_size": attr["file_size"],
+        "digests": {"sha256": attr.get("checksum_sha256"), "xxh3_128": attr.get("xxh3_128")},
+        "signature": {"algorithm": signature.get("alg"), "key_id": signature.get("key_id"),
+                      "value": signature.get("value"),
+                      "valid": store.node.verify(A.fixity_payload(attr), signature)},
+        "public_key": {"algorithm": "Ed25519", "key_id": store.node.node_id,
+                       "value": b64url(bytes(store.node.key.verify_key))},
+        "origin_node": attr.get("origin_node"),
+        "last_verification": last,
+        # One node holds one copy; the cluster will list its replicas here.
+        "replicas": [{"node_id": store.node.node_id, "disk": entry.disk,
+                      "state": "quarantined" if last and last.get("quarantine") else "stored"}],
+    }
+
+
+@requires(R.USER, R.FILES_READ)
+async def get_fixity(request: web.Request) -> web.Response:
+    svc = services(request)
+    svc.store.require(M.READ_METADATA)
+    return json_response(await blocking(fixity_report, svc.store,
+                                        request.match_info["file_id"]))
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/files", upload)
     router.add_get("/api/v1/files", list_files)
     router.add_get("/api/v1/files/{file_id}", get_file)
     router.add_get("/api/v1/files/{file_id}/download", download_file)  # HEAD too
+    router.add_get("/api/v1/files/{file_id}/fixity", get_fixity)
     router.add_patch("/api/v1/files/{file_id}", patch_file)
     router.add_delete("/api/v1/files/{file_id}", delete_file)

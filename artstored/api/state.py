@@ -26,7 +26,7 @@ class Services:
     verifier: object = None       # auth.verifier.SecretVerifier
     malformed: object = None      # api.app.MalformedRequestFilter (counts unparsable requests)
     metrics: object = None        # artstored.metrics.Metrics
-    jobs: object = None           # artstored.jobs.JobRunner
+    jobs: object = None           # artstored.preservation.jobs.JobRunner
     index: object = None          # artstored.index.follower.IndexFollower
     search: object = None         # artstored.index.search.SearchService
     started: bool = False         # recovery done, services built

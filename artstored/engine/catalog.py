@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import attrs as A
-from . import ids
+from . import fixity, ids
 from . import lmdb_schema as S
 from .errors import BadRequest
 from .wal import pack, unpack
@@ -94,6 +94,7 @@ def put(txn, env: S.Env, entry: CatalogEntry) -> None:
 
 def delete(txn, env: S.Env, entry: CatalogEntry) -> None:
     key = ids.file_id_key(entry.file_id)
+    fixity.drop(txn, env, entry.file_id)
     if txn.delete(key, db=env.db(S.DB_CATALOG)):
         _drop_expiry(txn, env, key, entry.attr)
         st = _stats(txn, env)

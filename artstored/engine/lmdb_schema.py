@@ -14,6 +14,9 @@ catalog  file id, 16 raw UUID bytes             CatalogEntry: {attr, disk, rel}
 expiry   expires_at µs 8 BE + file id 16        b"" (temporary files, for the GC)
 accounts client_id, UTF-8                       account record (``artstored.auth``)
 revoked  token id (jti), UTF-8                  {exp}: revoked before it expired
+jobs     job id, 16 bytes (UUIDv7: creation order) job record (see ``jobstore``)
+fixity   file id, 16 raw UUID bytes             {last_verified µs, outcome, ...} (``fixity``)
+fixorder last_verified µs 8 BE + file id 16     b"": files by their last fixity check
 ======== ====================================== ==========================================
 
 The catalog is keyed by UUIDv7 bytes, so its key order is creation order (lists need no
@@ -45,7 +48,11 @@ DB_CATALOG = b"catalog"
 DB_EXPIRY = b"expiry"
 DB_ACCOUNTS = b"accounts"
 DB_REVOKED = b"revoked"
-ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED)
+DB_JOBS = b"jobs"
+DB_FIXITY = b"fixity"
+DB_FIXITY_ORDER = b"fixorder"
+ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED,
+           DB_JOBS, DB_FIXITY, DB_FIXITY_ORDER)
 
 META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}

@@ -23,6 +23,7 @@ from . import wal as W
 from . import walseg
 from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
+from .fixity import Quarantined
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
                      StoreCorrupt, StoreLocked, UploadTooLarge, ValidationError, storage_error)
 from .groupcommit import GroupCommitter, PreparedUpload
@@ -336,6 +337,17 @@ class Store:
     def _stripe(self, file_id: str) -> threading.Lock:
         return self._stripes[hash(file_id) % _STRIPES]
 
+    def file_lock(self, file_id: str) -> threading.Lock:
+        """The lock PATCH and DELETE hold for ``file_id`` (a stripe shared with other
+        ids); whoever moves the file's data or sidecar holds it too."""
+        return self._stripe(file_id)
+
+    def _refuse_quarantined(self, file_id: str) -> None:
+        record = self.view.fixity(file_id)
+        if record is not None and record.get("quarantine"):
+            raise Quarantined(f"file {file_id} failed a fixity check and is in quarantine "
+                              f"({record['quarantine']['reason']})", file_id=file_id)
+
     def patch(self, file_id: str, patch, actor: W.Actor, *,
               expected_version: int | None = None) -> dict:
         """Apply a JSON merge patch to the mutable metadata; ``version`` + 1.
@@ -347,6 +359,7 @@ class Store:
         self.require(M.UPDATE_METADATA)
         with self._stripe(file_id):
             entry = self.get(file_id)
+            self._refuse_quarantined(file_id)
             if expected_version is not None and expected_version != entry.attr.get("version"):
                 raise PreconditionFailed(
                     f"file is at version {entry.attr.get('version')}, not {expected_version}",

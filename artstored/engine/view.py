@@ -33,7 +33,7 @@ from typing import Iterator, NamedTuple
 
 import lmdb
 
-from . import catalog, ids
+from . import catalog, fixity, ids
 from . import layout as L
 from . import lmdb_schema as S
 from . import modes as M
@@ -180,6 +180,17 @@ class Snapshot:
             return None
         intent = W.unpack(raw)
         return intent if intent.get("kind", W.FILE_PLACE) == W.FILE_PLACE else None
+
+    # --- fixity -----------------------------------------------------------------------------
+
+    def fixity(self, file_id: str) -> dict | None:
+        """The file's last fixity check: {last_verified (µs), outcome, bytes, detail,
+        quarantine}; None if it was never checked."""
+        return fixity.get(self._txn, self._env, file_id) if ids.is_file_id(file_id) else None
+
+    def oldest_checked(self, before_us: int, limit: int) -> list[str]:
+        """Files last checked before ``before_us``, the oldest check first."""
+        return fixity.oldest(self._txn, self._env, before_us, limit)
 
     # --- the WAL ----------------------------------------------------------------------------
 
@@ -328,6 +339,14 @@ class ReadView:
         with self.snapshot() as snap:
             return snap.place_intent(file_id)
 
+    def fixity(self, file_id: str) -> dict | None:
+        with self.snapshot() as snap:
+            return snap.fixity(file_id)
+
+    def oldest_checked(self, before_us: int, limit: int) -> list[str]:
+        with self.snapshot() as snap:
+            return snap.oldest_checked(before_us, limit)
+
     def wal_head(self) -> WalHead:
         with self.snapshot() as snap:
             return snap.wal_head()
@@ -425,7 +444,13 @@ class ReadView:
         """A file descriptor on ``entry``'s data file (the caller closes it), wherever it
         is: objects/, or tmp/ while its commit moves it (tried again in objects/ if the
         rename won the race). StoreCorrupt if the file is in neither place, DiskOffline if
-        its disk is not here. No mode check (as ``content_location``)."""
+        its disk is not here, Quarantined if a fixity check moved it aside. No mode check
+        (as ``content_location``)."""
+        record = self.fixity(entry.file_id)
+        if record is not None and record.get("quarantine"):
+            raise fixity.Quarantined(
+                f"file {entry.file_id} failed a fixity check and is in quarantine "
+                f"({record['quarantine']['reason']})", file_id=entry.file_id)
         final = self.final_path(entry)
         flags |= os.O_CLOEXEC
         try:

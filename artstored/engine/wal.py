@@ -49,9 +49,10 @@ AUTH_LOCKOUT = "auth.lockout"   # (older stores) one lockout
 AUTH_FAILURES = "auth.failures"  # failed sign-ins and lockouts of an interval, in aggregate
 KEYS_ROTATE = "keys.rotate"
 CATALOG_REBUILD = "catalog.rebuild"
+PRESERVATION = "preservation"   # a PREMIS event: fixity check, quarantine, validation, ...
 KINDS = (FILE_CREATE, FILE_UPDATE, FILE_DELETE, ELEMENT_MODE, ACCOUNT_CREATE,
          ACCOUNT_UPDATE, AUTH_FAILURE, AUTH_LOCKOUT, AUTH_FAILURES, KEYS_ROTATE,
-         CATALOG_REBUILD)
+         CATALOG_REBUILD, PRESERVATION)
 
 GENESIS = b"\x00" * 32
 HASH_BYTES = 32
