@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 
-from . import core, durability, fuse, hostile, search, suite
+from . import core, durability, fuse, hostile, preservation, search, suite
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -119,6 +119,14 @@ def main(argv=None) -> int:
         results["hostile"] = hostile.run(args.work, quick=args.quick)
         timings["hostile"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nHostile clients:\n" + hostile.report(results["hostile"]), flush=True)
+        results["preservation"] = preservation.run(os.path.join(args.work, "preservation"),
+                                                   quick=args.quick)
+        timings["preservation"] = round(time.monotonic() - started - sum(timings.values()))
+        print("\nPreservation:\n" + preservation.report(results["preservation"]), flush=True)
+        if not args.quick:   # make test runs the fuzz with a fixed seed already
+            from . import fuzz
+            results["fuzz"] = {"examples": 20_000, "exit": fuzz.main(["--examples", "20000"])}
+            timings["fuzz"] = round(time.monotonic() - started - sum(timings.values()))
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
         timings["suite"] = round(time.monotonic() - started - sum(timings.values()))
     finally:

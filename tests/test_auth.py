@@ -197,7 +197,7 @@ def test_every_route_declares_its_access_rule():
         if requirement is None:
             public.add(route.resource.canonical)
     assert public == {"/health/live", "/health/ready", "/health/startup", "/metrics",
-                      "/api/v1/auth/token", "/api/v1/auth/jwks"}
+                      "/api/v1/auth/token", "/api/v1/auth/jwks", "/api/v1/openapi.json"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/files", "/api/v1/element", "/api/v1/accounts",

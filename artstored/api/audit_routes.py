@@ -12,8 +12,7 @@ from aiohttp import web
 from .. import audit
 from ..auth import roles as R
 from ..engine.errors import BadRequest
-from ..index.search import parse_time_param
-from .params import ascii_int
+from .params import ascii_int, time_param
 from .app import requires
 from .responses import json_response
 from .state import blocking, services
@@ -35,8 +34,8 @@ async def list_events(request: web.Request) -> web.Response:
     items, cursor = await blocking(
         audit.page, svc.view, actor=q.get("actor"), kind=q.get("kind"),
         file_id=q.get("file_id"),
-        since=parse_time_param("from", q["from"]) if "from" in q else None,
-        until=parse_time_param("to", q["to"]) if "to" in q else None,
+        since=time_param("from", q["from"]) if "from" in q else None,
+        until=time_param("to", q["to"]) if "to" in q else None,
         cursor=q.get("cursor"), limit=int(limit), order=q.get("order", "desc"))
     return json_response({"items": items, "next_cursor": cursor})
 

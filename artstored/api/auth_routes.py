@@ -17,6 +17,7 @@ import urllib.parse
 from aiohttp import web
 
 from ..auth import roles as R
+from ..auth.tokens import key_text
 from ..engine import wal as W
 from ..engine.errors import ArtStoreError, BadRequest, Unauthorized, ValidationError
 from .app import actor_of, public, requires
@@ -55,7 +56,11 @@ async def token(request: web.Request) -> web.Response:
     if request.content_type != "application/x-www-form-urlencoded":
         raise _oauth_error(BadRequest, "invalid_request",
                            "send application/x-www-form-urlencoded parameters")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (LookupError, UnicodeDecodeError):  # an unknown charset, or bytes not in it
+        raise _oauth_error(BadRequest, "invalid_request",
+                           "the form is not valid in its charset (send UTF-8)") from None
     if form.get("grant_type") != "client_credentials":
         if not form.get("grant_type"):
             raise _oauth_error(BadRequest, "invalid_request", "grant_type is required")
@@ -159,7 +164,7 @@ async def revoke(request: web.Request) -> web.Response:
     if isinstance(body.get("token"), str):
         claims = svc.tokens.verify(body["token"])
         jti, exp, client_id = claims.jti, claims.exp, claims.sub
-    elif isinstance(body.get("jti"), str) and isinstance(body.get("client_id"), str):
+    elif key_text(body.get("jti")) and key_text(body.get("client_id")):
         jti, client_id = body["jti"], body["client_id"]
         exp = int(time.time()) + svc.tokens.ttl + 60
     else:

@@ -95,8 +95,8 @@ def boundary_of(content_type_header: str) -> bytes:
             value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
-            if not 1 <= len(value) <= 70:
-                raise malformed("boundary must be 1-70 characters")
+            if not 1 <= len(value) <= 70 or not value.isascii():
+                raise malformed("boundary must be 1-70 ASCII characters")
             return value.encode("latin-1")
     raise malformed("Content-Type has no boundary")
 

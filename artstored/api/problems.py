@@ -8,7 +8,8 @@ method) are mapped here too, so nothing else leaves the server in another shape.
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web, web_urldispatcher
+from aiohttp.http import HttpVersion11
 
 from ..engine.errors import ArtStoreError
 from .responses import json_response
@@ -58,3 +59,25 @@ def from_http_exception(exc: web.HTTPException) -> web.Response:
         headers["Allow"] = exc.headers["Allow"]
     detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
     return problem(exc.status, code, exc.reason, detail, headers=headers)
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect``: ``100-continue`` as aiohttp does it; anything else is 417 as a problem
+    document. aiohttp's own answer echoes the value in a text body, which fails to encode
+    (500, and a traceback) when the value is not UTF-8."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    response = problem(417, "expectation_failed", "Expectation failed",
+                       f"only Expect: 100-continue is understood, not {expect[:40]!r}")
+    response.force_close()  # the body, if any, is not read
+    return response
+
+
+# Every route (those 404 and 405 answer too) runs it: aiohttp calls a route's expect handler
+# before any middleware, and takes this default when a route names none.
+web_urldispatcher._default_expect_handler = expect_handler

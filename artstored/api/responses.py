@@ -11,8 +11,13 @@ from ..engine.errors import BadRequest
 
 def json_response(body, status: int = 200, headers: dict | None = None,
                   content_type: str = "application/json") -> web.Response:
-    return web.Response(status=status, headers=headers,
-                        body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+    try:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a header or path byte that was not UTF-8, echoed in a problem's
+        # detail): escaped as \udcxx, so the body stays valid UTF-8 (ASCII, here).
+        data = json.dumps(body, ensure_ascii=True).encode("ascii")
+    return web.Response(status=status, headers=headers, body=data,
                         content_type=content_type, charset="utf-8")
 
 
@@ -21,6 +26,13 @@ async def read_json(request: web.Request):
     ``invalid_json`` if it is not."""
     raw = await request.read()
     try:
-        return json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8"))
+        # An escaped lone surrogate ("\\ud800") parses, but no text holding it can be
+        # stored, indexed or logged as UTF-8.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        raise BadRequest("body is not valid JSON: a \\u escape names a lone surrogate",
+                         code="invalid_json") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None

@@ -10,13 +10,15 @@ was deleted a moment ago is left out.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from ..auth import roles as R
 from ..engine import modes as M
 from ..engine.errors import BadRequest
-from ..index.search import SearchRequest, parse_time_param
-from .params import ascii_int
+from ..index.search import SearchRequest
+from .params import ascii_int, time_param
 from .app import requires
 from .responses import json_response
 from .state import blocking, services
@@ -41,9 +43,9 @@ def parse_request(query) -> SearchRequest:
             raise BadRequest(f"unknown parameter {name[:60]!r}", code="invalid_parameter")
     req.q = query.get("q", "")
     if "created_from" in query:
-        req.created_from = parse_time_param("created_from", query["created_from"])
+        req.created_from = time_param("created_from", query["created_from"])
     if "created_to" in query:
-        req.created_to = parse_time_param("created_to", query["created_to"])
+        req.created_to = time_param("created_to", query["created_to"])
     req.content_type = query.get("content_type") or None
     req.created_by = query.get("created_by") or None
     if "size_min" in query:
@@ -55,11 +57,33 @@ def parse_request(query) -> SearchRequest:
     if "limit" in query:
         req.limit = _int_param("limit", query["limit"], 1, MAX_LIMIT, "invalid_limit")
     req.cursor = query.get("cursor") or None
+    if req.cursor is not None and not _cursor_ok(req.cursor):
+        raise BadRequest(f"invalid cursor {req.cursor[:60]!r}", code="invalid_cursor")
     return req
 
 
+# The cursors the search hands out: a keyset ("k", the order's initial, a signed 64-bit
+# creation key) or a snapshot ("r", its id, "." and an offset). Anything else would reach
+# the index as a number it cannot hold.
+_CURSOR_RE = re.compile(r"k[ad](-?[0-9]{1,19})|r[A-Za-z0-9_-]{1,64}\.[0-9]{1,12}", re.ASCII)
+
+
+def _cursor_ok(cursor: str) -> bool:
+    m = _CURSOR_RE.fullmatch(cursor)
+    return m is not None and (m.group(1) is None or
+                              -(2 ** 63) < int(m.group(1)) < 2 ** 63 - 1)
+
+
 def run_search(svc, req: SearchRequest) -> dict:
-    page = svc.search.search(req)
+    try:
+        page = svc.search.search(req)
+    except ValueError as exc:
+        # Tantivy parses some queries it then refuses to run ("attr.n:[0 TO 5]": a range
+        # over the JSON field): its InvalidArgument, raised as ValueError, is the client's.
+        if not str(exc).startswith("An invalid argument was passed"):
+            raise
+        raise BadRequest(f"the query cannot run: {str(exc)[:200]}",
+                         code="invalid_query") from None
     attrs: dict[str, dict] = {}
     with svc.view.snapshot() as snap:
         for hit in page.hits:

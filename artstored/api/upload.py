@@ -14,6 +14,7 @@ flight per upload: bounded memory, and disk and network overlap).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 from aiohttp import web
@@ -48,6 +49,11 @@ def _parse_field(name: str, raw: bytes, fields: dict) -> None:
         fields[name] = A.validate_description(text)
     elif name == "custom_attributes":
         fields[name] = A.parse_custom_attributes(text)
+        try:  # an escaped lone surrogate ("\\ud800") parses, but cannot be stored
+            json.dumps(fields[name], ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("custom_attributes: a \\u escape names a lone surrogate",
+                                  code="invalid_json") from None
     elif name == "retention_policy":
         fields[name] = text.strip() or None
     elif name == "ttl_days":

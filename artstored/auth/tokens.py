@@ -43,6 +43,15 @@ class Claims:
     raw: dict
 
 
+def key_text(text) -> bool:
+    """Whether ``text`` can name a record: a string of 1-256 bytes of UTF-8 (no lone
+    surrogate)."""
+    try:
+        return isinstance(text, str) and 1 <= len(text.encode("utf-8")) <= 256
+    except UnicodeEncodeError:
+        return False
+
+
 def _encode_part(obj: dict) -> str:
     return b64url(json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
 
@@ -118,6 +127,14 @@ class TokenService:
                            ("nbf", int), ("iat", int), ("jti", str), ("iss", str)):
             if not isinstance(claims.get(name), kind) or isinstance(claims.get(name), bool):
                 raise Unauthorized(f"token lacks a valid {name!r} claim", code="token_invalid")
+        # Only this issuer signs, and it writes none of these; but a claim used as a number
+        # or as a database key must be one (checked here, not met as a 500 further on).
+        gen = claims.get("gen", 1)
+        if not isinstance(gen, int) or isinstance(gen, bool) or not 0 <= gen < 2 ** 53 or \
+                not all(0 <= claims[n] < 2 ** 53 for n in ("exp", "nbf", "iat")):
+            raise Unauthorized("token has a number claim out of range", code="token_invalid")
+        if not all(key_text(claims[n]) for n in ("sub", "jti")):
+            raise Unauthorized("token has an invalid sub or jti", code="token_invalid")
         if claims["iss"] != self.issuer:
             raise Unauthorized("token from another issuer", code="token_invalid")
         if claims["role"] not in RANK:
@@ -128,5 +145,5 @@ class TokenService:
             raise Unauthorized("token is not valid yet", code="token_not_yet_valid")
         return Claims(sub=claims["sub"], name=str(claims.get("name", claims["sub"])),
                       role=claims["role"], scopes=frozenset(claims["scope"].split()),
-                      exp=claims["exp"], jti=claims["jti"], gen=int(claims.get("gen", 1)),
+                      exp=claims["exp"], jti=claims["jti"], gen=gen,
                       raw=claims)

@@ -19,6 +19,7 @@ The state machine, the whole of it::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +41,19 @@ TRANSITIONS = {
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 SAVE_EVERY = 1.0   # seconds between progress records while a job runs
+
+
+BACKGROUND_NICE = 10
+
+
+def background_priority() -> None:
+    """Lower the calling thread's CPU priority: a job yields to uploads, downloads and
+    searches first (the GIL still shares the interpreter, but the kernel picks the
+    request threads when both are ready)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except OSError:
+        pass
 
 
 class JobCancelled(Exception):
@@ -193,6 +207,7 @@ class JobRunner:
             record["error"] = error
 
     def _run(self, ctx: JobContext) -> None:
+        background_priority()
         record = ctx.record
         kind = self.kinds[record["kind"]]
         self._move(record, RUNNING)

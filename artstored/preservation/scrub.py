@@ -1,6 +1,7 @@
 """``scrub``: re-hash every stored object, oldest check first, at a bounded rate.
 
-A pass covers every catalogued file whose last check is older than the pass's start:
+A pass covers every file catalogued before the pass began whose last check is older than
+the pass's start (uploads arriving meanwhile wait for the next pass, so a pass ends):
 first the files never checked (in catalog order), then the others, the check longest ago
 first. Each check is recorded at once (``engine.fixity``: last_verified, outcome, and a
 PREMIS ``fixity check`` event), so a pass interrupted by a restart or a cancel resumes
@@ -20,9 +21,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..engine import attrs as A
 from ..engine import fixity
 from ..engine.errors import DiskOffline, StoreCorrupt
-from .jobs import JobCancelled
+from .jobs import JobCancelled, background_priority
 
 CHUNK = 1 << 20
 BATCH = 64          # fixity records written per transaction, at most
@@ -68,7 +70,8 @@ def _hash(store, entry, limit: RateLimit) -> tuple[int, str]:
     view = memoryview(buf)
     with os.fdopen(fd, "rb", buffering=0) as f:
         while True:
-            limit.take(CHUNK)
+            # Charge what this read will bring (a 4 KiB file costs 4 KiB, not a chunk).
+            limit.take(max(1, min(CHUNK, entry.size - size)))
             if limit.stop.is_set():
                 raise JobCancelled()
             n = f.readinto(buf)
@@ -106,6 +109,10 @@ def check_one(store, file_id: str, limit: RateLimit) -> tuple[str, dict | None, 
     return fixity.OK, {"last_verified": now_us, "outcome": fixity.OK, "bytes": size}, size
 
 
+def _created_us(entry) -> int:
+    return int(A.parse_time(entry.attr["created_at"]).timestamp() * 1_000_000)
+
+
 def _worklist(store, state: dict, ctx):
     """File ids to check in this pass: never checked (catalog order), then checked before
     the pass began, oldest first. Resuming walks the catalog again from the start rather
@@ -116,6 +123,9 @@ def _worklist(store, state: dict, ctx):
     while True:
         entries, cursor = store.view.page(limit=500, cursor=cursor, order="asc")
         for entry in entries:
+            if _created_us(entry) >= pass_started:
+                cursor = None   # catalog order is creation order: the rest came later
+                break
             if store.view.fixity(entry.file_id) is None:
                 yield entry.file_id
         ctx.check()
@@ -175,7 +185,8 @@ def run(store, ctx, *, rate_mb_per_s: float = 50.0, concurrency: int = 2) -> dic
                 count(outcome, nbytes)
         last_flush[0] = time.monotonic()
 
-    pool = ThreadPoolExecutor(max(1, int(state["concurrency"])), thread_name_prefix="scrub")
+    pool = ThreadPoolExecutor(max(1, int(state["concurrency"])), thread_name_prefix="scrub",
+                              initializer=background_priority)
     window: list = []
     try:
         for file_id in _worklist(store, state, ctx):
