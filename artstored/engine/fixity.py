@@ -87,13 +87,16 @@ def oldest(txn, env: S.Env, before_us: int, limit: int) -> list[str]:
     return out
 
 
-def checked(store, results: list[tuple[str, dict]]) -> None:
+def checked(store, results: list[tuple[str, dict]], also=None) -> None:
     """Record fixity checks, each with its PREMIS ``fixity check`` event; one durable
-    transaction for the lot. ``results``: (file_id, record) with outcome ``ok``."""
-    if not results:
+    transaction for the lot, in which ``also(txn)`` runs too (a job's checkpoint).
+    ``results``: (file_id, record) with outcome ``ok``."""
+    if not results and also is None:
         return
     env = store.env
     with env.write() as txn:
+        if also is not None:
+            also(txn)
         for file_id, record in results:
             if txn.get(ids.file_id_key(file_id), db=env.db(S.DB_CATALOG)) is None:
                 continue  # deleted meanwhile

@@ -37,11 +37,16 @@ class JobStore:
 
     def put(self, record: dict) -> None:
         """Insert or replace ``record`` (its ``job_id`` names it); durable on return."""
+        with self.env.write() as txn:
+            self.put_in(txn, record)
+
+    def put_in(self, txn, record: dict) -> None:
+        """As ``put``, inside a caller's write transaction: a job's checkpoint commits
+        together with the work it describes."""
         key = _key(record["job_id"])
         if key is None:
             raise ValueError(f"not a job id: {record['job_id']!r}")
-        with self.env.write() as txn:
-            txn.put(key, pack(record), db=self.env.db(S.DB_JOBS))
+        txn.put(key, pack(record), db=self.env.db(S.DB_JOBS))
 
     def get(self, job_id: str) -> dict | None:
         key = _key(job_id)

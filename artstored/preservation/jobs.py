@@ -118,6 +118,13 @@ class JobContext:
             self._runner._save(self.record)
         self.check()
 
+    def save_in(self, txn, checkpoint: dict) -> None:
+        """Record ``checkpoint`` inside the caller's write transaction, so that it commits
+        atomically with the work it counts (a crash can never leave them apart)."""
+        self.checkpoint = checkpoint
+        self.record["checkpoint"] = checkpoint
+        self._runner.jobs.put_in(txn, self.record)
+
     def files_progress(self, done: int, total: int | None = None) -> None:
         """The ``progress(done, total)`` callback older engine functions take."""
         self.progress(done_files=done, total_files=total)

@@ -15,6 +15,7 @@ downloads keep their share of the disks.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import threading
@@ -60,33 +61,47 @@ class RateLimit:
                 return
 
 
+def _open(store, entry) -> int:
+    # The common case in one syscall; the view knows the rest (tmp/, quarantine, offline).
+    try:
+        return os.open(store.view.final_path(entry), os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, DiskOffline):
+        return store.view.open_content(entry)
+
+
 def _hash(store, entry, limit: RateLimit) -> tuple[int, str]:
     """(size, SHA-256) of the file's data, read at the rate ``limit`` allows; JobCancelled
     as soon as the job is (a large file does not hold a cancel up)."""
-    fd = store.view.open_content(entry)
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with os.fdopen(fd, "rb", buffering=0) as f:
+    fd = _open(store, entry)
+    try:
+        if entry.size < CHUNK:
+            # A small file: one read says everything (a short read of a regular file is
+            # its end; one byte more than recorded means it grew).
+            limit.take(max(1, entry.size))
+            data = os.read(fd, entry.size + 1)
+            return len(data), hashlib.sha256(data).hexdigest()
+        h = hashlib.sha256()
+        size = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
         while True:
-            # Charge what this read will bring (a 4 KiB file costs 4 KiB, not a chunk).
+            # Charge what this read will bring, not a whole chunk.
             limit.take(max(1, min(CHUNK, entry.size - size)))
             if limit.stop.is_set():
                 raise JobCancelled()
-            n = f.readinto(buf)
+            n = os.readv(fd, [buf])
             if not n:
                 break
             h.update(view[:n])
             size += n
-    return size, h.hexdigest()
+        return size, h.hexdigest()
+    finally:
+        os.close(fd)
 
 
-def check_one(store, file_id: str, limit: RateLimit) -> tuple[str, dict | None, int]:
+def check_one(store, entry, limit: RateLimit) -> tuple[str, dict | None, int]:
     """(outcome, fixity record to write or None, bytes read) for one file."""
-    entry = store.view.entry(file_id)
-    if entry is None:
-        return "gone", None, 0
+    file_id = entry.file_id
     now_us = time.time_ns() // 1000
     try:
         size, sha = _hash(store, entry, limit)
@@ -114,31 +129,39 @@ def _created_us(entry) -> int:
 
 
 def _worklist(store, state: dict, ctx):
-    """File ids to check in this pass: never checked (catalog order), then checked before
+    """Entries to check in this pass: never checked (catalog order), then checked before
     the pass began, oldest first. Resuming walks the catalog again from the start rather
     than trusting a saved position: a check that finished but was not yet recorded when
     the daemon died must not be skipped (skipping a recorded one costs a lookup)."""
     pass_started = state["pass_started_us"]
     cursor = None
     while True:
-        entries, cursor = store.view.page(limit=500, cursor=cursor, order="asc")
-        for entry in entries:
-            if _created_us(entry) >= pass_started:
-                cursor = None   # catalog order is creation order: the rest came later
-                break
-            if store.view.fixity(entry.file_id) is None:
-                yield entry.file_id
+        with store.view.snapshot() as snap:   # one read transaction a page
+            entries, cursor = snap.page(limit=500, cursor=cursor, order="asc")
+            todo = []
+            for entry in entries:
+                if _created_us(entry) >= pass_started:
+                    cursor = None   # catalog order is creation order: the rest came later
+                    break
+                if snap.fixity(entry.file_id) is None:
+                    todo.append(entry)
+        yield from todo
         ctx.check()
         if cursor is None:
             break
     seen = set()
     while True:
-        batch = [f for f in store.view.oldest_checked(pass_started, 500) if f not in seen]
+        with store.view.snapshot() as snap:
+            # Files seen but not re-recorded (offline, or not flushed yet) stay at the
+            # front of the order: look past them.
+            oldest = snap.oldest_checked(pass_started, 500 + len(seen))
+            batch = [e for e in (snap.entry(f) for f in oldest if f not in seen)
+                     if e is not None]
         if not batch:
             return
-        for file_id in batch:
-            seen.add(file_id)
-            yield file_id
+        for entry in batch:
+            seen.add(entry.file_id)
+            yield entry
         ctx.check()
 
 
@@ -179,18 +202,20 @@ def run(store, ctx, *, rate_mb_per_s: float = 50.0, concurrency: int = 2) -> dic
         with lock:
             batch = list(pending)
             pending.clear()
-        fixity.checked(store, [(file_id, rec) for file_id, rec, _, _ in batch])
-        with lock:
             for _, _, outcome, nbytes in batch:
                 count(outcome, nbytes)
+            snapshot = copy.deepcopy(state)
+        # The records and the counts that include them commit together.
+        fixity.checked(store, [(file_id, rec) for file_id, rec, _, _ in batch],
+                       also=lambda txn: ctx.save_in(txn, snapshot))
         last_flush[0] = time.monotonic()
 
     pool = ThreadPoolExecutor(max(1, int(state["concurrency"])), thread_name_prefix="scrub",
                               initializer=background_priority)
     window: list = []
     try:
-        for file_id in _worklist(store, state, ctx):
-            window.append((file_id, pool.submit(check_one, store, file_id, limit)))
+        for entry in _worklist(store, state, ctx):
+            window.append((entry.file_id, pool.submit(check_one, store, entry, limit)))
             if len(window) >= 2 * state["concurrency"]:
                 file_id, future = window.pop(0)
                 record(file_id, *future.result())
