@@ -21,17 +21,10 @@ import time
 import urllib.parse
 
 from .common import Server, free_port, fresh_filesystem
+from .durability import _multipart
 
 GOAL_P99_RATIO = 1.5
 GOAL_RSS_MIB = 300
-
-
-def _multipart(data: bytes) -> tuple[bytes, str]:
-    b = "b" + secrets.token_hex(8)
-    body = (f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"h.bin\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + \
-        f"\r\n--{b}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={b}"
 
 
 def _p99(values: list[float]) -> float:

@@ -70,7 +70,7 @@ def rebuild_catalog(store, *, verify: bool = False, progress=None,
                 _refresh(store, pending, seen, report, progress)
                 pending = []
         _refresh(store, pending, seen, report, progress)
-        report["orphan_data"].extend(_orphans(disk, attr_rels))
+        report["orphan_data"].extend(orphans(disk, attr_rels))
     report["removed"] = _sweep(store, seen, batch)
     with env.write() as txn:
         W.append(txn, env, W.CATALOG_REBUILD, actor,
@@ -161,7 +161,8 @@ def _entry_for(disk, rel: str, attr_path: str, verify: bool, report: dict):
     return CatalogEntry(attr=attr, disk=disk.disk_id, rel=rel)
 
 
-def _orphans(disk, attr_rels: set[str]) -> list[str]:
+def orphans(disk, attr_rels: set[str]) -> list[str]:
+    """Paths of data files under the disk's objects/ whose rel path has no sidecar."""
     out = []
     for dirpath, _, filenames in os.walk(disk.objects):
         for name in filenames:

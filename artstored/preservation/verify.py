@@ -18,7 +18,7 @@ from ..engine import layout as L
 from ..engine import wal as W
 from ..engine.errors import DiskOffline, StoreCorrupt
 from ..engine.objectfiles import hash_file
-from ..engine.rebuild import walk_objects
+from ..engine.rebuild import orphans, walk_objects
 
 EXAMPLES = 20
 PAGE = 500
@@ -104,14 +104,8 @@ def find_orphans(store, state: dict, ctx) -> None:
                 _note(state, "orphan_sidecar", file_id, attr_path,
                       "an attr.json the catalog does not hold")
             ctx.check()
-        for dirpath, _, names in os.walk(disk.objects):
-            for name in names:
-                if name.startswith(".") or name.endswith(L.ATTR_SUFFIX):
-                    continue
-                rel = os.path.relpath(os.path.join(dirpath, name), disk.objects)
-                if rel not in sidecars:
-                    _note(state, "orphan_data", None, os.path.join(dirpath, name),
-                          "a data file without its attr.json")
+        for path in orphans(disk, sidecars):
+            _note(state, "orphan_data", None, path, "a data file without its attr.json")
 
 
 def run(store, ctx, *, deep: bool = False, actor=None) -> dict:
