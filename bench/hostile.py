@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import secrets
 import socket
 import threading
 import time
