@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 
-from . import core, durability, fuse, hostile, preservation, search, suite
+from . import core, durability, fuse, hostile, preservation, search, suite, swim
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -123,6 +123,9 @@ def main(argv=None) -> int:
                                                    quick=args.quick)
         timings["preservation"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nPreservation:\n" + preservation.report(results["preservation"]), flush=True)
+        swim_args = ["--quick"] if args.quick else []
+        results["swim"] = {"exit": swim.main(swim_args)}
+        timings["swim"] = round(time.monotonic() - started - sum(timings.values()))
         if not args.quick:   # make test runs the fuzz with a fixed seed already
             from . import fuzz
             results["fuzz"] = {"examples": 20_000, "exit": fuzz.main(["--examples", "20000"])}
