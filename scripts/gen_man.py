@@ -104,10 +104,13 @@ def artstore_1() -> str:
 talks to an
 .Xr artstored 8
 over HTTP: uploads and downloads files, lists and searches them, changes metadata,
-shows and changes the storage element, and manages service accounts, signing keys and the
-audit trail.
+shows and changes the storage element, runs and follows background jobs (verify, scrub,
+export), and manages service accounts, signing keys and the audit trail.
 A few commands work offline on a data directory instead
-.Pq Ic rebuild , Ic reindex , Ic mount , Ic audit Fl -data-dir ,
+.Pq Ic rebuild , Ic reindex , Ic mount , Ic audit Fl -data-dir , Ic export ,
+.Ic account rotate-secret Fl -data-dir ,
+.Ic fixity verify
+needs only a sidecar and a public key,
 and
 .Ic config
 reads only the configuration.
