@@ -96,3 +96,15 @@ def test_unparsable_requests_leave_no_traceback(daemon):
     metrics = daemon.api(None).get("/metrics").body.decode()
     assert any(line.startswith("artstore_http_malformed_requests_total ")
                and float(line.split()[1]) >= 80 for line in metrics.splitlines())
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json(api, constant):
+    attr = api.upload_ok(b"n", "n.txt")
+    r = api.request("PATCH", f"/api/v1/files/{attr['file_id']}",
+                    body=f'{{"custom_attributes": {{"a": {constant}}}}}'.encode(),
+                    headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status == 400 and r.problem["code"] == "invalid_json"
+    r = api.upload(b"m", "m.txt", fields={"custom_attributes": f'{{"a": {constant}}}'})
+    assert r.status == 422 and r.problem["code"] == "invalid_json"
+    assert json.loads(api.get(f"/api/v1/files/{attr['file_id']}").body)["version"] == 1

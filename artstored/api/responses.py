@@ -26,7 +26,7 @@ async def read_json(request: web.Request):
     ``invalid_json`` if it is not."""
     raw = await request.read()
     try:
-        value = json.loads(raw.decode("utf-8"))
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
         # An escaped lone surrogate ("\\ud800") parses, but no text holding it can be
         # stored, indexed or logged as UTF-8.
         json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -34,5 +34,11 @@ async def read_json(request: web.Request):
     except UnicodeEncodeError:
         raise BadRequest("body is not valid JSON: a \\u escape names a lone surrogate",
                          code="invalid_json") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _no_constant(name: str):
+    # NaN and Infinity are not JSON (RFC 8259): stored, they would make every answer that
+    # carries them invalid JSON.
+    raise ValueError(f"{name} is not a JSON value")

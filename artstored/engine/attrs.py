@@ -148,13 +148,18 @@ def validate_custom_attributes(value) -> dict:
     return value
 
 
+def _no_constant(name: str):
+    # NaN and Infinity are not JSON (RFC 8259): attr.json must stay readable by anyone.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_custom_attributes(text: str | None) -> dict:
     """``custom_attributes`` as sent in a multipart field: a JSON object as text."""
     if text is None or text.strip() == "":
         return {}
     try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         raise ValidationError(f"custom_attributes is not valid JSON: {exc}",
                               code="invalid_json") from None
     return validate_custom_attributes(value)
