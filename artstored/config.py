@@ -96,6 +96,22 @@ KEYS: tuple[Key, ...] = (
         "where export jobs write BagIt bags (default: <data_dir>/exports)"),
     Key("retention", "gc_interval_seconds", "float", 3600.0,
         "how often expired temporary files are collected (0: never)", minimum=0),
+    Key("cluster", "enabled", "bool", False,
+        "take part in a cluster (implied by seeds); off: the embedded single node"),
+    Key("cluster", "seeds", "list", [],
+        "HOST:PORT of cluster members to ask to join through (ARTSTORE_CLUSTER_SEEDS takes "
+        "them comma-separated); an admin with none starts a new cluster"),
+    Key("cluster", "advertise", "str", "",
+        "HOST:PORT peers use to reach this node (default: server.listen)"),
+    Key("cluster", "role", "choice", "admin",
+        "admin: signs the cluster document (roster, modes, tokens); member: applies it",
+        choices=("admin", "member")),
+    Key("cluster", "replication_factor", "int", 2,
+        "copies of each file the cluster keeps (a new cluster's policy)", minimum=1),
+    Key("cluster", "admin_key", "str", "",
+        "the admin's node public key (base64url, from `artstore cluster status` on the "
+        "admin): a new node accepts a first cluster document only from it (default: from "
+        "whoever its seeds name)"),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "

@@ -327,6 +327,10 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         stats = svc.store.stats()
         sdnotify.notify(f"READY=1\nSTATUS=ready: mode {svc.store.mode}, "
                         f"{stats['files']} files, listening on {host}:{port}")
+        if cfg["cluster.enabled"] or cfg["cluster.seeds"]:
+            from .cluster.node import ClusterNode
+            svc.cluster = ClusterNode(svc, svc.store.node, cfg)
+            await svc.cluster.start()
         gc_task = asyncio.ensure_future(_gc_loop(svc))
         upkeep_task = asyncio.ensure_future(_upkeep_loop(svc))
         audit_task = asyncio.ensure_future(_failure_audit_loop(svc))
@@ -334,6 +338,8 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         gc_task.cancel()
         upkeep_task.cancel()
         audit_task.cancel()
+        if svc.cluster is not None:
+            await svc.cluster.stop()
     else:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener

@@ -219,3 +219,22 @@ def unpack(data: bytes, public_keys: Mapping[str, VerifyKey | bytes],
         raise StaleMessage("timestamp is older than this receiver's start")
     replay_state.check_and_record(sender, counter)
     return Envelope(sender, counter, float(timestamp), message)
+
+
+def unpack_self_signed(data: bytes, replay_state: ReplayState, node_id_of, *,
+                       key_field: str = "key", now: float | None = None) -> Envelope:
+    """Open an envelope from a node that is not a member yet (a join request): its message
+    is a map carrying its own public key under ``key_field``, and its sender id must be
+    ``node_id_of(key)``. Proves the sender holds the key of the id it claims, nothing more.
+    Raises the same errors as ``unpack``."""
+    try:
+        outer = msgpack.unpackb(data, raw=False, use_list=True)
+        inner = msgpack.unpackb(outer[2], raw=False, use_list=True)
+        key = inner[3][key_field]
+        if not isinstance(key, bytes) or len(key) != 32 or node_id_of(key) != outer[1]:
+            raise ValueError
+    except Exception:
+        raise MalformedEnvelope("not a self-signed request whose sender is its key's id") \
+            from None
+    return unpack(data, {outer[1]: key}, replay_state, now=now)
+

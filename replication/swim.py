@@ -41,7 +41,7 @@ import heapq
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .swim_config import (SwimConfig, dead_probe_interval_for, expected_confirmations,
@@ -71,7 +71,8 @@ class Membership:
     """
 
     def __init__(self, self_id: str, roster: Iterable[str], config: SwimConfig | None = None,
-                 rng: random.Random | None = None, *, incarnation: int = 0):
+                 rng: random.Random | None = None, *, incarnation: int = 0,
+                 document_check: Callable[[int, Any], bool] | None = None):
         members = list(dict.fromkeys(roster))
         if self_id not in members:
             raise ValueError(f"{self_id!r} is not in the roster")
@@ -81,20 +82,14 @@ class Membership:
         self.config = config or SwimConfig.lan()
         self._rng = rng or random.Random()
         cfg, n = self.config, len(members)
-        self.n = n
         self._peers: dict[str, _Peer] = {m: _Peer(m) for m in members if m != self_id}
         self._others: list[str] = list(self._peers)
         self._down = _IndexedSet()            # dead or left peers, for the dead probes
         self._incarnation = incarnation
         self._state = ALIVE
         self._started = False
-
-        # Size-dependent values, computed once (the roster is fixed for an instance).
-        self._retransmit_limit = retransmit_limit(cfg, n)
-        self._suspicion_low, self._suspicion_high = suspicion_bounds(cfg, n)
-        self._k = expected_confirmations(cfg, n)
-        self._sync_interval = push_pull_interval_for(cfg, n)
-        self._dead_probe_interval = dead_probe_interval_for(cfg, n)
+        self._document_check = document_check
+        self._size_changed(n)
 
         self._probe_order: list[str] = []
         self._probe_index = 0
@@ -205,14 +200,43 @@ class Membership:
     def publish_document(self, now: float, version: int, value: Any) -> Output:
         """Spread a new cluster document (``value`` must be msgpack-able and small: it
         rides on gossip). ``version`` must be newer than the one this node has
-        (ValueError otherwise); every member converges on the newest version it hears of."""
+        (ValueError otherwise); every member converges on the newest version it hears of.
+        The caller vouches for it: ``document_check`` is not asked."""
         self._require_started()
         if not _is_uint(version):
             raise ValueError("a document version is a non-negative int")
         if self._doc_version is not None and version <= self._doc_version:
             raise ValueError(f"version {version} is not newer than {self._doc_version}")
         self._begin(now)
-        self._apply_doc(version, value)
+        self._apply_doc(version, value, checked=True)
+        return self._end()
+
+    def update_roster(self, now: float, roster: Iterable[str]) -> Output:
+        """Make ``roster`` the membership (from a newer cluster document): members new to
+        it start *alive* at incarnation 0 and are told about at once (a sync); members no
+        longer on it are forgotten, with their timers and pending probes. This node must
+        stay on the roster (ValueError): a node taken off stops its instance instead.
+        Idempotent."""
+        self._require_started()
+        members = list(dict.fromkeys(roster))
+        if self.id not in members:
+            raise ValueError(f"{self.id!r} is not in the new roster")
+        if not all(isinstance(m, str) and m and m != _DOC_KEY for m in members):
+            raise ValueError("node ids must be non-empty strings")
+        self._begin(now)
+        wanted = set(members)
+        for node in [m for m in self._peers if m not in wanted]:
+            self._forget(node)
+        added = [m for m in members if m != self.id and m not in self._peers]
+        for node in added:
+            self._peers[node] = _Peer(node)
+            self._peers[node].since = now
+            self._others.append(node)
+        self._size_changed(len(self._peers) + 1)
+        for node in added:
+            self._stats["members_added"] += 1
+            self._events.append(Event(ALIVE, node, 0))
+            self._send_sync(node, reply=False)
         return self._end()
 
     # --- what the caller may read -----------------------------------------------------------
@@ -290,6 +314,33 @@ class Membership:
 
     def _cancel(self, kind: str, key: Any) -> None:
         self._armed.pop((kind, key), None)
+
+    def _size_changed(self, n: int) -> None:
+        """Size-dependent values, recomputed when the roster changes."""
+        cfg = self.config
+        self.n = n
+        self._retransmit_limit = retransmit_limit(cfg, n)
+        self._suspicion_low, self._suspicion_high = suspicion_bounds(cfg, n)
+        self._k = expected_confirmations(cfg, n)
+        self._sync_interval = push_pull_interval_for(cfg, n)
+        self._dead_probe_interval = dead_probe_interval_for(cfg, n)
+
+    def _forget(self, node: str) -> None:
+        """Drop a member taken off the roster, and everything that refers to it."""
+        del self._peers[node]
+        self._others.remove(node)
+        self._down.discard(node)
+        self._queue.pop(node, None)
+        self._doc_behind.discard(node)
+        self._cancel("suspicion", node)
+        if self._probe is not None and self._probe.target == node:
+            self._acks.pop(self._probe.seq, None)
+            self._cancel("probe-timeout", self._probe.seq)
+            self._probe = None
+        for seq in [s for s, h in self._acks.items() if node in h[1:]]:
+            del self._acks[seq]
+        self._stats["members_removed"] += 1
+        self._events.append(Event("removed", node, None))
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -401,8 +452,8 @@ class Membership:
         # Lifeguard: relays that did not even nack point at *us* (our network, our event
         # loop); with no relays to ask, every failed probe counts against us.
         self._adjust_awareness(len(p.relays) - len(p.nacks) if p.relays else 1)
-        peer = self._peers[p.target]
-        if peer.state in (ALIVE, SUSPECT):
+        peer = self._peers.get(p.target)
+        if peer is not None and peer.state in (ALIVE, SUSPECT):
             self._stats["probes_failed"] += 1
             self._apply_member(SUSPECT, p.target, peer.incarnation, self.id)
 
@@ -420,8 +471,8 @@ class Membership:
         self._stats["dead_probes"] += 1
 
     def _suspicion_expired(self, node: str) -> None:
-        peer = self._peers[node]
-        if peer.state == SUSPECT:
+        peer = self._peers.get(node)
+        if peer is not None and peer.state == SUSPECT:
             self._apply_member(DEAD, node, peer.incarnation, self.id)
 
     # --- handlers of messages ---------------------------------------------------------------
@@ -575,8 +626,14 @@ class Membership:
     def _broadcast_self(self) -> None:
         self._enqueue(self.id, {"k": ALIVE, "n": self.id, "i": self._incarnation})
 
-    def _apply_doc(self, version: int, value: Any) -> None:
+    def _apply_doc(self, version: int, value: Any, checked: bool = False) -> None:
         if self._doc_version is not None and version <= self._doc_version:
+            return
+        if not checked and self._document_check is not None and \
+                not self._document_check(version, value):
+            # Forged, or otherwise not acceptable to the caller: not adopted, not spread.
+            self._stats["documents_refused"] += 1
+            self._events.append(Event("document_refused", None, None, version))
             return
         self._doc_version, self._doc_value = version, value
         self._events.append(Event("document", None, None, version))

@@ -93,7 +93,7 @@ _CARRIERS = frozenset((PING, ACK, PING_REQ, GOSSIP))   # messages with "u" and "
 _COUNTERS = (*_SENT.values(), *_RECEIVED.values(), "probes_failed", "suspicions_raised",
              "refutations", "dead_probes", "dead_probe_answers", "syncs_sent",
              "misaddressed", "strangers", "malformed", "updates_about_strangers",
-             "doc_repairs")
+             "doc_repairs", "documents_refused", "members_added", "members_removed")
 
 
 class Event(NamedTuple):
@@ -105,7 +105,9 @@ class Event(NamedTuple):
     incarnation; ``data`` is the claim it refuted), ``document`` (a newer cluster document;
     ``data`` is its version), ``stranger`` (a message from outside the roster, ignored),
     ``malformed`` (a roster member sent something this protocol cannot read, ignored;
-    ``data`` says what).
+    ``data`` says what), ``document_refused`` (a newer document the caller's check
+    refused; ``data`` is its version), ``removed`` (``node`` was taken off the roster).
+    A member added by ``update_roster`` is reported as ``alive`` at incarnation 0.
     """
 
     kind: str

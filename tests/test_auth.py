@@ -197,7 +197,9 @@ def test_every_route_declares_its_access_rule():
         if requirement is None:
             public.add(route.resource.canonical)
     assert public == {"/health/live", "/health/ready", "/health/startup", "/metrics",
-                      "/api/v1/auth/token", "/api/v1/auth/jwks", "/api/v1/openapi.json"}
+                      "/api/v1/auth/token", "/api/v1/auth/jwks", "/api/v1/openapi.json",
+                      # signed envelopes between daemons, not tokens
+                      "/cluster/v1/swim", "/cluster/v1/join"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/files", "/api/v1/element", "/api/v1/accounts",

@@ -22,7 +22,9 @@ from harness import Api
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 DOCUMENTED_HEAD = {"/api/v1/files/{file_id}/download"}
 PUBLIC = {"/health/live", "/health/ready", "/health/startup", "/metrics",
-          "/api/v1/auth/token", "/api/v1/auth/jwks", PATH}
+          "/api/v1/auth/token", "/api/v1/auth/jwks", PATH,
+          # Between daemons: no token, every body is an envelope signed with a node key.
+          "/cluster/v1/swim", "/cluster/v1/join"}
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,8 @@ def test_request_bodies_have_the_media_types_the_handlers_read():
     assert media.pop(("POST", "/api/v1/files")) == "multipart/form-data"
     assert media.pop(("PATCH", "/api/v1/files/{file_id}")) == "application/merge-patch+json"
     assert media.pop(("POST", "/api/v1/auth/token")) == "application/x-www-form-urlencoded"
+    for path in ("/cluster/v1/swim", "/cluster/v1/join"):
+        assert media.pop(("POST", path)) == "application/msgpack"
     assert set(media.values()) == {"application/json"}
     upload = resolve(docs[("POST", "/api/v1/files")][0]["requestBody"]["content"]
                      ["multipart/form-data"]["schema"]["$ref"])

@@ -567,3 +567,56 @@ def test_envelope_signing_speed_is_reasonable(keys, public):
     for p in packed:
         E.unpack(p, public, state, now=NOW)
     assert time.perf_counter() - t0 < 2.0
+
+
+# --- roster changes and the document gate ---------------------------------------------------
+
+def test_update_roster_adds_and_forgets_members():
+    a = make("a", ["a", "b", "c"])
+    out = a.update_roster(1.0, ["a", "b", "d"])
+    assert ("removed", "c") in kinds(out) and ("alive", "d") in kinds(out)
+    assert set(a.members()) == {"a", "b", "d"}
+    # The newcomer hears the full state at once, so it needs no gossip round to catch up.
+    assert sent(out, "sync", to="d")
+    # Nothing refers to the forgotten member any more: probing goes on without it.
+    for _ in range(20):
+        _, out = step(a)
+        assert not sent(out, to="c")
+    # Messages from it are now from a stranger.
+    out = a.receive(30.0, "c", {"t": "gossip"})
+    assert kinds(out) == [("stranger", "c")]
+    assert a.statistics()["members_removed"] == 1 and a.statistics()["members_added"] == 1
+    with pytest.raises(ValueError):
+        a.update_roster(31.0, ["b", "d"])          # this node must stay on it
+
+
+def test_removing_the_member_being_probed_or_suspected_is_clean():
+    a = make("a", ["a", "b", "c"])
+    t, out = step_until(a, lambda o: sent(o, "ping"))
+    [(target, _)] = sent(out, "ping")
+    a.receive(t, "c" if target == "b" else "b", gossip(suspect(target, 0, "x")))
+    assert a.member(target).state == SUSPECT
+    a.update_roster(t + 0.1, [n for n in ("a", "b", "c") if n != target])
+    # The probe's timeout and the suspicion's timer fire on nothing.
+    for _ in range(30):
+        _, out = step(a)
+        assert not any(e.node == target for e in out.events)
+
+
+def test_document_check_refuses_without_adopting_or_spreading():
+    seen = []
+
+    def check(version, value):
+        seen.append(version)
+        return value != "forged"
+
+    a = make("a", ["a", "b"], document_check=check)
+    out = a.receive(1.0, "b", gossip({"k": "doc", "v": 5, "d": "forged"}))
+    assert kinds(out) == [("document_refused", None)] and a.document is None
+    assert a.statistics()["documents_refused"] == 1
+    out = a.receive(2.0, "b", gossip({"k": "doc", "v": 5, "d": "good"}))
+    assert a.document == (5, "good") and ("document", None) in kinds(out)
+    assert seen == [5, 5]
+    # What this node publishes itself is not asked about.
+    a.publish_document(3.0, 6, "forged")
+    assert a.document == (6, "forged") and seen == [5, 5]

@@ -39,6 +39,7 @@ async def _object(request: web.Request) -> dict:
 @requires(R.ADMIN, R.ADMIN_WRITE)
 async def create(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     body = await _object(request)
     account, secret = await blocking(svc.accounts.create, name=body.get("name"),
                                      role=body.get("role", R.USER), scopes=_scopes(body),
@@ -49,6 +50,7 @@ async def create(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_READ)
 async def list_accounts(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     deleted = request.query.get("include_deleted") in ("1", "true", "yes")
     items = [public_view(a) for a in await blocking(svc.accounts.list,
                                                     include_deleted=deleted)]
@@ -58,6 +60,7 @@ async def list_accounts(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_READ)
 async def get_account(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     return json_response(public_view(await blocking(svc.accounts.get,
                                                     request.match_info["client_id"])))
 
@@ -66,6 +69,7 @@ async def get_account(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     """``{"status": "active"|"suspended"}``, ``{"role": ..., "scopes": [...]}``, or both."""
     svc = services(request)
+    svc.require_token_authority()
     client_id = request.match_info["client_id"]
     body = await _object(request)
     unknown = set(body) - {"status", "role", "scopes"}
@@ -90,6 +94,7 @@ async def update(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_WRITE)
 async def delete(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     account = await blocking(svc.accounts.set_status, request.match_info["client_id"],
                              DELETED, actor_of(request))
     return json_response(public_view(account))
@@ -99,6 +104,7 @@ async def delete(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     """A new secret, shown once; ``{"grace_seconds": N}`` keeps the old one for N s."""
     svc = services(request)
+    svc.require_token_authority()
     body = await _object(request)
     grace = body.get("grace_seconds", 0)
     if not isinstance(grace, (int, float)) or isinstance(grace, bool):
@@ -112,6 +118,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_WRITE)
 async def revoke_tokens(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     account = await blocking(svc.accounts.revoke_all_tokens, request.match_info["client_id"],
                              actor_of(request))
     return json_response(public_view(account))

@@ -84,8 +84,11 @@ async def request_id_middleware(request: web.Request, handler):
         seconds = time.perf_counter() - started
         bytes_in = request.content_length or 0
         bytes_out = getattr(response, "content_length", None) or 0
-        access_log.info(
-            "%s %s %s", request.method, request.path, status,
+        # Gossip between daemons is several requests a second: debug, unless refused.
+        level = logging.DEBUG if route_name.startswith("/cluster/") and status < 300 \
+            else logging.INFO
+        access_log.log(
+            level, "%s %s %s", request.method, request.path, status,
             extra={"method": request.method, "route": route_name, "status": status,
                    "bytes_in": bytes_in, "bytes_out": bytes_out,
                    "duration_ms": round(seconds * 1000, 3)})
@@ -207,7 +210,7 @@ async def auth_middleware(request: web.Request, handler):
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use the Bearer scheme", code="token_malformed")
     claims = svc.tokens.verify(token.strip())
-    if not svc.accounts.token_allowed(claims.sub, claims.gen, claims.jti):
+    if not svc.token_allowed(claims):
         raise Unauthorized("token has been revoked (or its account is not active)",
                            code="token_revoked")
     role, scope = requirement
@@ -219,8 +222,8 @@ async def auth_middleware(request: web.Request, handler):
 
 
 def build_app(svc: Services) -> web.Application:
-    from . import (accounts, audit_routes, auth_routes, element, files, health, jobs, openapi,
-                   search)
+    from . import (accounts, audit_routes, auth_routes, cluster_routes, element, files, health,
+                   jobs, openapi, search)
 
     app = web.Application(
         middlewares=[request_id_middleware, problem_middleware, content_encoding_middleware,
@@ -230,6 +233,6 @@ def build_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     svc.malformed = MALFORMED
     for module in (health, auth_routes, files, element, jobs, accounts, search, audit_routes,
-                   openapi):
+                   cluster_routes, openapi):
         module.add_routes(app.router)
     return app

@@ -53,6 +53,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 @public
 async def token(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     if request.content_type != "application/x-www-form-urlencoded":
         raise _oauth_error(BadRequest, "invalid_request",
                            "send application/x-www-form-urlencoded parameters")
@@ -125,12 +126,14 @@ async def _sign_in(svc, client_id: str, secret: str, address: str) -> dict:
 @public
 async def jwks(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     return json_response(svc.keyring.jwks(), headers={"Cache-Control": "max-age=300"})
 
 
 @requires(R.ADMIN, R.ADMIN_READ)
 async def list_keys(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     return json_response({"items": svc.keyring.describe(), "next_cursor": None})
 
 
@@ -139,6 +142,7 @@ async def rotate_keys(request: web.Request) -> web.Response:
     """A new signing key; the old one verifies for ``grace_seconds`` (default: the token
     lifetime plus a minute, so no valid token is refused)."""
     svc = services(request)
+    svc.require_token_authority()
     body = await read_json(request) if request.can_read_body else {}
     default = svc.tokens.ttl + 60
     grace = body.get("grace_seconds", default) if isinstance(body, dict) else None
@@ -157,6 +161,7 @@ async def revoke(request: web.Request) -> web.Response:
     """Revoke one token: ``{"token": "..."}`` (checked, then its jti revoked) or
     ``{"jti": "...", "client_id": "..."}``."""
     svc = services(request)
+    svc.require_token_authority()
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ValidationError('send {"token": ...} or {"jti": ..., "client_id": ...}',

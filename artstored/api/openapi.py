@@ -4,7 +4,8 @@ The document is written here by hand, next to nothing it could drift from unseen
 (tests/test_openapi.py) walks the router and the document together (every method and path in
 both, the same path parameters, the same access rule), and the fuzz (tests/test_fuzz.py)
 drives every operation it lists. Public (no token): the health probes, ``/metrics``, the
-token endpoint, the JWKS and this document. ``GET`` routes answer ``HEAD`` too (aiohttp adds
+token endpoint, the JWKS, this document, and the two routes between cluster daemons
+(signed envelopes instead of tokens). ``GET`` routes answer ``HEAD`` too (aiohttp adds
 it); only the download documents ``HEAD``, where it is a feature.
 """
 
@@ -100,6 +101,7 @@ WHY = {
     409: "Conflicts with the current state (mode, a running job, an account's status)",
     412: "A precondition (If-Match) failed",
     413: "The request body is larger than the limit",
+    421: "This node is not the cluster's authority: send it to an admin (see authority)",
     415: "Request body sent with a Content-Encoding other than identity",
     416: "Range not satisfiable",
     417: "An Expect other than 100-continue",
@@ -186,6 +188,11 @@ SCHEMAS = {
     "Element": obj(("node_id", "mode"), node_id=S, name=S,
                    mode={"enum": ["edit", "rw", "ro", "ar"]}, capacity={"type": "object"},
                    files=I, bytes_stored=I, max_upload_bytes=I),
+    "Cluster": obj(("enabled", "node_id", "state", "members"), enabled=B, node_id=S,
+                   state={"enum": ["single", "pending", "member"]},
+                   members={"type": "array", "items": {"type": "object"}},
+                   document={"type": ["object", "null"]},
+                   join_requests={"type": "array", "items": {"type": "object"}}),
     "ModeChange": obj(("mode",), mode={"enum": ["edit", "rw", "ro", "ar"]},
                       confirm={"type": "boolean", "default": False}),
     "Job": obj(("job_id", "kind", "state"), job_id=S, kind=S,
@@ -341,6 +348,42 @@ def _element() -> dict:
     }
 
 
+def _cluster() -> dict:
+    tag, write = "cluster", (R.ADMIN, R.ADMIN_WRITE)
+    node = path_param("node_id", "n- and 16 hex digits, as in GET /api/v1/cluster")
+    envelope = body({"type": "string", "contentMediaType": "application/msgpack"},
+                    "application/msgpack")
+    return {
+        "/api/v1/cluster": {"get": op(
+            "Members, their states and incarnations, the document each holds, join "
+            "requests", tag, (R.USER, R.STORAGE_READ), {"200": ok("The cluster", ref("Cluster"))},
+            op_id="getCluster")},
+        "/api/v1/cluster/members/{node_id}": {
+            "parameters": [node],
+            "put": op("Put a node that asked to join on the roster (admin node)", tag, write,
+                      {"200": ok("The cluster after", ref("Cluster"))},
+                      errors=(404, 421, 422), op_id="admitMember"),
+            "delete": op("Take a node off the roster (admin node)", tag, write,
+                         {"200": ok("The cluster after", ref("Cluster"))},
+                         errors=(404, 409, 421, 422), op_id="removeMember")},
+        "/api/v1/cluster/members/{node_id}/mode": {
+            "parameters": [node],
+            "put": op("Set a member's mode; it applies and records it (admin node)", tag,
+                      write, {"200": ok("The cluster after", ref("Cluster"))},
+                      request=body(ref("ModeChange")), errors=(400, 404, 413, 421, 422),
+                      op_id="setMemberMode")},
+        "/cluster/v1/swim": {"post": op(
+            "One membership message between daemons (a signed envelope)", tag, None,
+            {"204": ok("Taken")}, request=envelope, errors=(400, 401, 403, 404, 409, 413, 503),
+            op_id="swimMessage")},
+        "/cluster/v1/join": {"post": op(
+            "A node asks to join (a self-signed envelope); answers the cluster document",
+            tag, None, {"200": ok("The document this node holds", S, "application/msgpack")},
+            request=envelope, errors=(400, 401, 404, 409, 413, 422, 503),
+            op_id="joinRequest")},
+    }
+
+
 def _accounts() -> dict:
     tag, read, write = "accounts", (R.ADMIN, R.ADMIN_READ), (R.ADMIN, R.ADMIN_WRITE)
     account = ok("The account", ref("Account"))
@@ -445,8 +488,9 @@ def build_document() -> dict:
                                 "and a stable code."},
         "security": [{"bearer": []}],
         "tags": [{"name": t} for t in ("files", "search", "element", "jobs", "accounts",
-                                       "auth", "audit", "health")],
-        "paths": {**_files(), **_element(), **_accounts(), **_auth_audit_health()},
+                                       "auth", "audit", "cluster", "health")],
+        "paths": {**_files(), **_element(), **_accounts(), **_cluster(),
+                  **_auth_audit_health()},
         "components": {
             "schemas": SCHEMAS,
             "headers": HEADERS,

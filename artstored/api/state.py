@@ -18,6 +18,9 @@ class Services:
     store: object = None          # engine.Store once recovery has finished
     view: object = None           # engine.ReadView over the store: every read of LMDB
     accounts: object = None       # auth.accounts.AccountStore
+    token_policy: object = None   # what says a verified token may be used (default: accounts;
+                                  # cluster.tokens.DocumentAccounts on a member)
+    cluster: object = None        # cluster.node.ClusterNode when [cluster] is on
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
     throttle: object = None       # auth.throttle.LoginThrottle
@@ -37,6 +40,17 @@ class Services:
     def require_ready(self) -> None:
         if not self.started:
             raise NotReady("the daemon is still starting (recovery in progress)")
+
+    def require_token_authority(self) -> None:
+        """Raise NotAuthority on a cluster node whose tokens and accounts come from the
+        admin's document: sign in and manage accounts there."""
+        if self.cluster is not None and self.token_policy is not None and \
+                self.token_policy is not self.accounts:
+            self.cluster.raise_not_authority()
+
+    def token_allowed(self, claims) -> bool:
+        policy = self.token_policy or self.accounts
+        return policy.token_allowed(claims.sub, claims.gen, claims.jti)
 
 
 SERVICES = web.AppKey("services", Services)

@@ -265,6 +265,23 @@ class AccountStore:
         return account["status"] == ACTIVE and \
             generation == account.get("token_generation", 1)
 
+    def cluster_state(self, now: float | None = None) -> tuple[dict, dict]:
+        """What an admin puts in the cluster document so that every node can check tokens
+        alone: client id → {status, generation, role} of every account (deleted ones too:
+        their tokens must keep failing), and jti → exp of tokens revoked one by one and not
+        yet expired. No secrets."""
+        now = time.time() if now is None else now
+        with self.env.read() as txn:
+            accounts = {a["client_id"]: {"status": a["status"],
+                                         "generation": a.get("token_generation", 1),
+                                         "role": a["role"]}
+                        for a in (W.unpack(v) for _, v in txn.cursor(db=self._db()))}
+            revoked_db = self.env.db(S.DB_REVOKED)
+            revoked = {} if revoked_db is None else {
+                k.decode("utf-8"): int(W.unpack(v)["exp"])
+                for k, v in txn.cursor(db=revoked_db)}
+        return accounts, {j: e for j, e in revoked.items() if e > now}
+
     def purge_revoked(self, now: float | None = None) -> int:
         """Forget revocations of tokens that have expired anyway."""
         now = time.time() if now is None else now

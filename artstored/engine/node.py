@@ -42,11 +42,16 @@ def load_or_create_key(path: str) -> nacl.signing.SigningKey:
     return nacl.signing.SigningKey(seed)
 
 
+def node_id_of(public_key: bytes) -> str:
+    """A node's id: derived from its Ed25519 public key, so it cannot be claimed by another."""
+    return "n-" + hashlib.sha256(bytes(public_key)).hexdigest()[:16]
+
+
 class NodeIdentity:
     def __init__(self, data_dir: str, name: str | None = None):
         self.key = load_or_create_key(os.path.join(data_dir, "keys", "node.key"))
         public = bytes(self.key.verify_key)
-        self.node_id = "n-" + hashlib.sha256(public).hexdigest()[:16]
+        self.node_id = node_id_of(public)
         self.name = name or socket.gethostname()
         info_path = os.path.join(data_dir, "node.json")
         info = {"node_id": self.node_id, "name": self.name, "algorithm": "Ed25519",

@@ -163,9 +163,11 @@ class Store:
     def require(self, operation: str) -> None:
         M.require(self.mode, operation)
 
-    def set_mode(self, target: str, actor: W.Actor, *, confirm: bool = False) -> dict:
+    def set_mode(self, target: str, actor: W.Actor, *, confirm: bool = False,
+                 note: dict | None = None) -> dict:
         """Change the element's mode (validated by ``modes.TRANSITIONS``); durable and
-        recorded in the WAL with who and when. Same mode: no change, no record."""
+        recorded in the WAL with who and when (and ``note``, e.g. which cluster document
+        asked for it). Same mode: no change, no record."""
         M.check_mode(target)
         with self.mode_lock:
             current = self.mode
@@ -177,7 +179,7 @@ class Store:
             with self.env.write() as txn:
                 txn.put(META_ELEMENT, W.pack(state), db=self.env.db(b"meta"))
                 W.append(txn, self.env, W.ELEMENT_MODE, actor,
-                         data={"from": current, "to": target})
+                         data={**(note or {}), "from": current, "to": target})
             self._element = state
         log.info("mode changed %s -> %s by %s", current, target, actor.id)
         return self.element_state()

@@ -1,0 +1,496 @@
+"""One daemon's place in the cluster: the shell around the SWIM state machine and the
+signed cluster document.
+
+A node is in one of these states (``ClusterNode.state``):
+
+- ``pending``: it has seeds but is not on the roster. Every ``JOIN_INTERVAL`` it sends a
+  self-signed join request to its seeds and to the admins of any document it holds; the
+  answer carries the current document. The admin lists the request until an operator runs
+  ``artstore cluster join NODE_ID`` (or it stops asking).
+- ``member``: on the roster. It runs ``Membership`` (probes, gossip, the document) over
+  ``/cluster/v1/swim``; only envelopes signed by roster members are read.
+- the *authority* (``role = "admin"``): a member that also signs new documents
+  (``Authority``) when the roster, a mode, a token key or an account changes.
+
+Whatever document a node holds is on disk (``<data_dir>/cluster/document.bin``) before it
+acts on it, and a node never goes back to an older one. A node holding a document it did
+not sign checks tokens by it (``cluster.tokens``), not by its own account store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+
+import aiohttp
+import msgpack
+
+from ..replication import document as D
+from ..replication import envelope as E
+from ..replication.swim import Membership, SwimConfig
+
+from ..auth.tokens import TokenService
+from ..engine import durable
+from ..engine import wal as W
+from ..engine.errors import ArtStoreError, Conflict
+from ..engine.node import node_id_of
+from .authority import Authority, token_keys_of
+from .tokens import DocumentAccounts, DocumentKeys
+from .transport import Transport
+
+log = logging.getLogger("artstored.cluster")
+
+SWIM_PATH = "/cluster/v1/swim"
+JOIN_PATH = "/cluster/v1/join"
+JOIN_INTERVAL = 2.0          # a pending node repeats its join request this often
+REFRESH_INTERVAL = 1.0       # the authority re-reads accounts and keys this often
+
+
+class NotAuthority(ArtStoreError):
+    """This node does not sign the cluster document: ask an admin."""
+
+    code = "not_the_authority"
+    status = 421
+    title = "This node is not the cluster authority"
+
+
+class NotMember(ArtStoreError):
+    """A cluster message reached a node that is not (yet) on the roster."""
+
+    code = "not_a_member"
+    status = 503
+    title = "This node is not on the cluster roster"
+
+
+class ClusterNode:
+    """Drive with ``await start()``, ``await stop()``; the HTTP handlers call
+    ``receive_swim`` / ``receive_join``; the admin API calls ``admit`` / ``remove`` /
+    ``set_mode``. Everything runs on the daemon's event loop (not thread-safe)."""
+
+    def __init__(self, svc, identity, cfg, *, swim_config: SwimConfig | None = None):
+        self.svc, self.identity = svc, identity
+        self.id = identity.node_id
+        self.role = cfg["cluster.role"]
+        self.advertise = cfg["cluster.advertise"] or cfg["server.listen"]
+        self.seeds = [s for s in cfg["cluster.seeds"] if s != self.advertise]
+        self.replication_factor = cfg["cluster.replication_factor"]
+        self.pinned = _pinned_keys(cfg["cluster.admin_key"])
+        self.token_issuer = cfg["auth.issuer"] or f"artstore:{self.id}"
+        self.swim_config = swim_config or SwimConfig.lan()
+        self.dir = os.path.join(svc.store.data_dir, "cluster")
+        self.started_at = time.time()
+        self.signer = E.Signer(self.id, identity.key)
+        self.replay = E.ReplayState(not_before=self.started_at - 1.0)
+        self.join_replay = E.ReplayState(not_before=self.started_at - 1.0)
+        self.transport = Transport(timeout=max(1.0, self.swim_config.probe_interval))
+        self.doc: D.Document | None = self._load_document()
+        self.authority = Authority(self.id, identity.key, self.doc) \
+            if self.role == "admin" else None
+        self.membership: Membership | None = None
+        self.refused: dict[str, int] = {}
+        self.peer_doc_version: dict[str, int] = {}
+        self.peer_heard_at: dict[str, float] = {}
+        self.mode_result: dict | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()          # one document change at a time
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._persisted = self.doc.version if self.doc else None
+        self._keys = DocumentKeys(lambda: self.doc)
+        self._accounts = DocumentAccounts(lambda: self.doc)
+
+    # --- life -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.membership is not None:
+            return "member"
+        return "pending"
+
+    @property
+    def is_authority(self) -> bool:
+        return self.authority is not None and (self.doc is None or self.doc.signer == self.id
+                                               or self.id in self.doc.admins())
+
+    async def start(self) -> None:
+        await self.transport.start()
+        if self.authority is not None and self.doc is None and not self.seeds:
+            async with self._lock:
+                first = self.authority.bootstrap(
+                    time.time(), address=self.advertise, name=self.identity.name,
+                    token_issuer=self.token_issuer, replication_factor=self.replication_factor)
+                await self._persist(first)
+                self.doc = first
+                self.authority.adopt(first)
+            log.info("cluster bootstrapped: %s is its admin (document v1)", self.id)
+        if self.doc is not None:
+            await self._apply(self.doc)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.transport.close()
+
+    async def _run(self) -> None:
+        next_join = next_refresh = 0.0
+        while not self._stopping:
+            now = time.monotonic()
+            try:
+                if self.membership is None and now >= next_join:
+                    next_join = now + JOIN_INTERVAL
+                    await self._ask_to_join()
+                if self.is_authority and self.doc is not None and now >= next_refresh:
+                    next_refresh = now + REFRESH_INTERVAL
+                    await self._refresh_authority()
+                if self.membership is not None:
+                    self._handle(self.membership.tick(time.monotonic()))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug here must not stop the gossip for good; it is logged with its trace.
+                log.exception("cluster loop step failed")
+            deadline = min(next_join if self.membership is None else float("inf"),
+                           next_refresh if self.is_authority else float("inf"))
+            if self.membership is not None:
+                deadline = min(deadline, self.membership.next_deadline() or deadline)
+            timeout = min(max(deadline - time.monotonic(), 0.0), 1.0)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- messages in ------------------------------------------------------------------------
+
+    def receive_swim(self, data: bytes) -> None:
+        """One envelope from a peer. Raises an EnvelopeError (refused: bad signature,
+        stranger, replay, stale) or NotMember; otherwise the message is handled."""
+        if self.doc is None or self.membership is None:
+            self._count_refusal(NotMember.code)
+            raise NotMember("not on the roster (yet)")
+        self.transport.stats["messages_received"] += 1
+        self.transport.stats["bytes_received"] += len(data)
+        try:
+            env = E.unpack(data, self.doc.public_keys(), self.replay)
+        except E.EnvelopeError as exc:
+            self._count_refusal(exc.code)
+            raise
+        if isinstance(env.message, dict) and isinstance(env.message.get("dv"), int):
+            self.peer_doc_version[env.sender] = env.message["dv"]
+        self.peer_heard_at[env.sender] = time.monotonic()
+        self._handle(self.membership.receive(time.monotonic(), env.sender, env.message))
+
+    def receive_join(self, data: bytes) -> bytes:
+        """A join request (self-signed by a node that may not be a member). The authority
+        remembers it; every node answers with the document it holds (msgpack)."""
+        try:
+            env = E.unpack_self_signed(data, self.join_replay, node_id_of)
+            msg = env.message
+            if not (isinstance(msg.get("address"), str) and ":" in msg["address"]
+                    and len(msg["address"]) <= 256 and isinstance(msg.get("name"), str)):
+                raise E.MalformedEnvelope("a join request names its address and name")
+        except E.EnvelopeError as exc:
+            self._count_refusal(exc.code)
+            raise
+        if self.is_authority and self.doc is not None and env.sender not in self.doc.roster:
+            new = env.sender not in self.authority.joins
+            self.authority.note_join_request(time.time(), env.sender, msg["key"],
+                                             msg["address"], msg["name"])
+            if new:
+                log.info("join request from %s (%s at %s)", env.sender, msg["name"][:64],
+                         msg["address"][:64])
+        return msgpack.packb({"document": self.doc.blob if self.doc else None,
+                              "state": self.state}, use_bin_type=True)
+
+    def _count_refusal(self, code: str) -> None:
+        self.refused[code] = self.refused.get(code, 0) + 1
+
+    # --- messages out -----------------------------------------------------------------------
+
+    def _handle(self, out) -> None:
+        for to, msg in out.messages:
+            address = self.doc.address(to) if self.doc is not None else None
+            if address is not None:
+                self.transport.send(address, SWIM_PATH, self.signer.pack(msg))
+        for event in out.events:
+            if event.kind in ("alive", "suspect", "dead", "left", "removed"):
+                log.info("member %s is %s (incarnation %s)", event.node, event.kind,
+                         event.incarnation)
+            elif event.kind == "document_refused":
+                log.warning("refused cluster document v%s: %s", event.data,
+                            self._last_refusal)
+            elif event.kind == "document":
+                self._wake.set()
+
+    _last_refusal: str = ""
+
+    def _check_document(self, version: int, value) -> bool:
+        """Membership's gate: adopt only a newer document signed by an admin. On success
+        the document is this node's at once; ``_run`` persists and applies it."""
+        try:
+            doc = D.accept(self.doc, value, pinned=self.pinned)
+        except D.DocumentError as exc:
+            self._count_refusal(exc.code)
+            self._last_refusal = exc.detail
+            return False
+        if doc.version != version:
+            self._count_refusal(D.MalformedDocument.code)
+            return False
+        self.doc = doc
+        asyncio.get_running_loop().create_task(self._apply_serialized(doc))
+        return True
+
+    async def _ask_to_join(self) -> None:
+        message = {"t": "join", "key": bytes(self.identity.key.verify_key),
+                   "address": self.advertise, "name": self.identity.name}
+        targets = list(dict.fromkeys(
+            self.seeds + ([self.doc.address(a) for a in self.doc.admins()] if self.doc else [])))
+        for address in targets:
+            if address == self.advertise:
+                continue
+            try:
+                status, body = await self.transport.request(address, JOIN_PATH,
+                                                            self.signer.pack(message))
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                log.debug("join request to %s failed: %s", address, exc)
+                continue
+            if status != 200:
+                continue
+            try:
+                blob = msgpack.unpackb(body, raw=False).get("document")
+            except (ValueError, msgpack.UnpackException, AttributeError):
+                continue
+            if blob is None:
+                continue
+            try:
+                doc = D.accept(self.doc, blob, pinned=self.pinned)
+            except D.StaleDocument:
+                continue
+            except D.DocumentError as exc:
+                self._count_refusal(exc.code)
+                log.warning("seed %s sent a document we refuse: %s", address, exc.detail)
+                continue
+            self.doc = doc
+            await self._apply_serialized(doc)
+            if self.membership is not None:
+                return
+
+    # --- applying a document ----------------------------------------------------------------
+
+    async def _apply_serialized(self, doc: D.Document) -> None:
+        async with self._lock:
+            if self.doc is doc:   # a newer one may have come in meanwhile: apply the newest
+                await self._apply(doc)
+
+    async def _apply(self, doc: D.Document) -> None:
+        await self._persist(doc)
+        if self.authority is not None:
+            self.authority.adopt(doc)
+        now = time.monotonic()
+        if self.id in doc.roster:
+            if self.membership is None:
+                self.membership = Membership(self.id, list(doc.roster), self.swim_config,
+                                             random.Random(), incarnation=int(time.time()),
+                                             document_check=self._check_document)
+                self._handle(self.membership.start(now, join=True))
+                self._handle(self.membership.publish_document(now, doc.version, doc.blob))
+                log.info("on the roster of document v%s: membership started", doc.version)
+            else:
+                self._handle(self.membership.update_roster(now, list(doc.roster)))
+        elif self.membership is not None:
+            log.warning("taken off the roster by document v%s: membership stopped",
+                        doc.version)
+            self.membership = None
+        if doc.signer != self.id or not self.is_authority:
+            self._use_document_auth(doc)
+        await self._apply_mode(doc)
+
+    def _use_document_auth(self, doc: D.Document) -> None:
+        svc = self.svc
+        if not isinstance(getattr(svc.tokens, "keyring", None), DocumentKeys) or \
+                svc.tokens.issuer != doc.token_issuer:
+            svc.tokens = TokenService(self._keys, doc.token_issuer,
+                                      svc.config["auth.token_ttl_seconds"])
+        svc.token_policy = self._accounts
+
+    async def _apply_mode(self, doc: D.Document) -> None:
+        entry = doc.modes.get(self.id)
+        if entry is None:
+            return
+        applied = self._read_state().get("mode_applied_at", 0.0)
+        if entry["at"] <= applied:
+            return
+        actor = W.Actor(entry["by"]["id"], entry["by"]["name"], "admin")
+        note = {"cluster_document": doc.version, "requested_at": entry["at"],
+                "signed_by": doc.signer}
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, lambda: self.svc.store.set_mode(
+                entry["mode"], actor, confirm=True, note=note))
+            self.mode_result = {"mode": entry["mode"], "applied": True,
+                                "document": doc.version}
+        except ArtStoreError as exc:
+            # The element's own rules win (e.g. edit is for life): recorded, not retried.
+            self.mode_result = {"mode": entry["mode"], "applied": False, "code": exc.code,
+                                "detail": exc.detail, "document": doc.version}
+            await loop.run_in_executor(None, lambda: self.svc.store.record_event(
+                W.CLUSTER_MODE, actor, {**note, "node_id": self.id, "mode": entry["mode"],
+                                        "applied": False, "code": exc.code}))
+            log.warning("mode %s from document v%s refused: %s", entry["mode"],
+                        doc.version, exc.detail)
+        await self._write_state({"mode_applied_at": entry["at"]})
+
+    # --- the authority ----------------------------------------------------------------------
+
+    def raise_not_authority(self) -> None:
+        admins = [self.doc.address(a) for a in self.doc.admins()] if self.doc else []
+        raise NotAuthority("send this to the cluster's admin", authority=admins)
+
+    def _require_authority(self) -> Authority:
+        if not self.is_authority or self.doc is None:
+            self.raise_not_authority()
+        return self.authority
+
+    async def admit(self, node_id: str, actor: W.Actor) -> dict:
+        """Put a node that asked to join on the roster. Durable (and spreading) when it
+        returns; idempotent."""
+        async with self._lock:
+            doc = self._require_authority().admit(time.time(), node_id)
+            if doc is not None:
+                await self._publish(doc, W.CLUSTER_ROSTER, actor,
+                                    {"node_id": node_id, "change": "join"})
+        return self.status()
+
+    async def remove(self, node_id: str, actor: W.Actor) -> dict:
+        """Take a node off the roster (idempotent)."""
+        async with self._lock:
+            doc = self._require_authority().remove(time.time(), node_id)
+            if doc is not None:
+                await self._publish(doc, W.CLUSTER_ROSTER, actor,
+                                    {"node_id": node_id, "change": "leave"})
+        return self.status()
+
+    async def set_mode(self, node_id: str, mode: str, actor: W.Actor) -> dict:
+        async with self._lock:
+            doc = self._require_authority().set_mode(time.time(), node_id, mode,
+                                                     by_id=actor.id, by_name=actor.name)
+            await self._publish(doc, W.CLUSTER_MODE, actor, {"node_id": node_id,
+                                                              "mode": mode})
+        return self.status()
+
+    async def _refresh_authority(self) -> None:
+        loop = asyncio.get_running_loop()
+        accounts, revoked = await loop.run_in_executor(None, self.svc.accounts.cluster_state)
+        keys = token_keys_of(self.svc.keyring)
+        async with self._lock:
+            doc = self.authority.refresh(time.time(), token_keys=keys, accounts=accounts,
+                                         revoked=revoked)
+            if doc is not None:
+                await self._publish(doc, None, None, None)
+
+    async def _publish(self, doc: D.Document, event: str | None, actor, data) -> None:
+        """Persist (and audit) a document this admin signed, then spread it."""
+        await self._persist(doc)
+        if event is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self.svc.store.record_event(
+                    event, actor, {**data, "document": doc.version}))
+        previous, self.doc = self.doc, doc
+        self.authority.adopt(doc)
+        if self.membership is not None:
+            self._handle(self.membership.publish_document(time.monotonic(), doc.version,
+                                                          doc.blob))
+        if previous is None or previous.roster != doc.roster or previous.modes != doc.modes:
+            await self._apply(doc)
+
+    # --- persistence ------------------------------------------------------------------------
+
+    def _load_document(self) -> D.Document | None:
+        try:
+            with open(os.path.join(self.dir, "document.bin"), "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            return None
+        doc = D.parse(blob)
+        if not doc.signed_by_admin_of(doc):
+            raise D.ForgedDocument(f"{self.dir}/document.bin: signature does not verify")
+        return doc
+
+    async def _persist(self, doc: D.Document) -> None:
+        if self._persisted is not None and doc.version <= self._persisted:
+            return
+        path = os.path.join(self.dir, "document.bin")
+        await asyncio.get_running_loop().run_in_executor(None, self._write, path, doc.blob)
+        self._persisted = doc.version
+
+    def _write(self, path: str, data: bytes) -> None:
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        durable.atomic_write(path, data, mode=0o600)
+
+    def _read_state(self) -> dict:
+        try:
+            with open(os.path.join(self.dir, "state.json"), "rb") as f:
+                return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    async def _write_state(self, changes: dict) -> None:
+        state = {**self._read_state(), **changes}
+        await asyncio.get_running_loop().run_in_executor(
+            None, self._write, os.path.join(self.dir, "state.json"),
+            json.dumps(state).encode() + b"\n")
+
+    # --- what the API shows -----------------------------------------------------------------
+
+    def status(self) -> dict:
+        """The cluster as this node sees it (``GET /api/v1/cluster``)."""
+        now = time.monotonic()
+        doc = self.doc
+        members = []
+        view = self.membership.members() if self.membership is not None else {}
+        for node, m in sorted((doc.roster if doc else {}).items()):
+            info = view.get(node)
+            held = doc.version if node == self.id else self.peer_doc_version.get(node)
+            heard = self.peer_heard_at.get(node)
+            members.append({
+                "node_id": node, "name": m["name"], "address": m["address"],
+                "role": m["role"], "state": info.state if info else "unknown",
+                "incarnation": info.incarnation if info else None,
+                # since == 0: the state it started in, never changed
+                "state_for_seconds": round(now - info.since, 3)
+                if info and info.since and node != self.id else None,
+                "document_version": held,
+                "document_lag": None if held is None else doc.version - held,
+                "last_heard_seconds_ago": None if heard is None else round(now - heard, 3),
+            })
+        out = {"enabled": True, "node_id": self.id, "role": self.role, "state": self.state,
+               "authority": self.is_authority, "address": self.advertise,
+               "document": doc.summary() if doc else None, "members": members,
+               "mode_from_cluster": self.mode_result,
+               "refused": dict(self.refused), "transport": dict(self.transport.stats),
+               "swim": self.membership.statistics() if self.membership else None}
+        if self.is_authority:
+            self.authority.expire_joins(time.time())
+            out["join_requests"] = [r.as_dict() for r in self.authority.joins.values()]
+        return out
+
+
+def _pinned_keys(text: str) -> dict[str, bytes] | None:
+    """``cluster.admin_key``: the admin's public key (base64url), pinned for the first
+    document a new node accepts."""
+    if not text:
+        return None
+    from ..engine.node import b64url_decode
+    key = b64url_decode(text)
+    if len(key) != 32:
+        raise Conflict("cluster.admin_key is not an Ed25519 public key",
+                       code="invalid_admin_key")
+    return {node_id_of(key): key}
