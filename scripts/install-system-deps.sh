@@ -7,10 +7,12 @@
 # on a machine whose python3 is Debian's. util-linux (losetup, mount), e2fsprogs (mkfs.ext4,
 # e2fsck), xfsprogs (mkfs.xfs, xfs_repair): the power-cut tests put each disk and LMDB on a
 # loop-mounted ext4 or XFS image. systemd: the tests run systemd-analyze verify on the units.
-# make: the README's commands.
+# make: the README's commands. iproute2 (ip), nftables (nft): tests/netns.py puts cluster
+# nodes in network namespaces on a bridge and cuts links or drops packets between them.
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
-          swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make)
+          swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make
+          iproute2 nftables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -151,6 +151,8 @@ async def rotate_keys(request: web.Request) -> web.Response:
         raise ValidationError(f"grace_seconds must be {svc.tokens.ttl}-{30 * 86400} "
                               "(at least the token lifetime)", code="invalid_grace")
     kid = await blocking(svc.keyring.rotate, float(grace))
+    if svc.cluster is not None:
+        svc.cluster.auth_changed()   # members verify with the new key at once
     await blocking(svc.store.record_event, W.KEYS_ROTATE, actor_of(request),
                    {"kid": kid, "grace_seconds": grace})
     return json_response({"active": kid, "items": svc.keyring.describe()})

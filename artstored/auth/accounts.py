@@ -65,6 +65,13 @@ class AccountStore:
         self.env = env
         self.secret_ttl = secret_ttl_days * 86400
         self._dummy_hash = _hash_secret(secrets.token_urlsafe(32))
+        # Called (on the writing thread, after the commit) whenever an account or a
+        # revocation changed: a cluster admin re-signs its document at once. Must be quick.
+        self.change_listeners: list = []
+
+    def _changed(self) -> None:
+        for listener in self.change_listeners:
+            listener()
 
     def _db(self):
         return self.env.db(S.DB_ACCOUNTS)
@@ -108,6 +115,7 @@ class AccountStore:
             W.append(txn, self.env, W.ACCOUNT_UPDATE, actor,
                      data={"client_id": client_id, "change": what, **details})
         log.info("account %s: %s by %s", client_id, what, actor.id)
+        self._changed()
         return account
 
     def create(self, *, name: str, role: str, actor: W.Actor, scopes: list[str] | None = None,
@@ -134,6 +142,7 @@ class AccountStore:
                            "scopes": account["scopes"], "system": system})
         log.info("account %s (%s, %s) created by %s", account["client_id"], name, role,
                  actor.id)
+        self._changed()
         return account, secret
 
     def set_status(self, client_id: str, status: str, actor: W.Actor) -> dict:
@@ -208,6 +217,7 @@ class AccountStore:
             txn.put(jti.encode("utf-8"), W.pack({"exp": exp}), db=self.env.db(S.DB_REVOKED))
             W.append(txn, self.env, W.ACCOUNT_UPDATE, actor,
                      data={"client_id": client_id, "change": "token revoked", "jti": jti})
+        self._changed()
 
     # --- checking ---------------------------------------------------------------------------
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import (account_cmd, audit_cmd, config_cmd, element_cmd, export_cmd, files_cmd,
-               fixity_cmd, job_cmd, keys_cmd, mount_cmd, offline_cmd, search_cmd, token_cmd)
+from . import (account_cmd, audit_cmd, cluster_cmd, config_cmd, element_cmd, export_cmd,
+               files_cmd, fixity_cmd, job_cmd, keys_cmd, mount_cmd, offline_cmd, search_cmd,
+               token_cmd)
 from .common import EXIT_USAGE, run
 
 COMMAND_MODULES = (token_cmd, files_cmd, search_cmd, element_cmd, job_cmd, account_cmd,
                    keys_cmd, audit_cmd, config_cmd, offline_cmd, mount_cmd, fixity_cmd,
-                   export_cmd)
+                   export_cmd, cluster_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

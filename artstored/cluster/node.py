@@ -86,7 +86,8 @@ class ClusterNode:
         self.signer = E.Signer(self.id, identity.key)
         self.replay = E.ReplayState(not_before=self.started_at - 1.0)
         self.join_replay = E.ReplayState(not_before=self.started_at - 1.0)
-        self.transport = Transport(timeout=max(1.0, self.swim_config.probe_interval))
+        self.transport = Transport(timeout=max(1.0, self.swim_config.probe_interval),
+                                   on_refused=self._peer_refused)
         self.doc: D.Document | None = self._load_document()
         self.authority = Authority(self.id, identity.key, self.doc) \
             if self.role == "admin" else None
@@ -102,6 +103,26 @@ class ClusterNode:
         self._persisted = self.doc.version if self.doc else None
         self._keys = DocumentKeys(lambda: self.doc)
         self._accounts = DocumentAccounts(lambda: self.doc)
+        self._refresh_now = False
+        self._check_roster = False
+        self._join_task: asyncio.Task | None = None
+
+    def auth_changed(self) -> None:
+        """An account, a revocation or a signing key changed here (any thread): the
+        authority re-signs its document at once instead of at its next refresh."""
+        self._loop.call_soon_threadsafe(self._poke_refresh)
+
+    def _peer_refused(self, address: str, status: int) -> None:
+        """A peer refused our message as from a stranger (403): we may have been taken
+        off the roster by a document that, for that very reason, nobody sends us. Ask for
+        the current document (as a join request does) at the next step."""
+        if status == 403:
+            self._check_roster = True
+            self._wake.set()
+
+    def _poke_refresh(self) -> None:
+        self._refresh_now = True
+        self._wake.set()
 
     # --- life -------------------------------------------------------------------------------
 
@@ -117,6 +138,9 @@ class ClusterNode:
                                                or self.id in self.doc.admins())
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.role == "admin":
+            self.svc.accounts.change_listeners.append(self.auth_changed)
         await self.transport.start()
         if self.authority is not None and self.doc is None and not self.seeds:
             async with self._lock:
@@ -134,9 +158,10 @@ class ClusterNode:
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._join_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.transport.close()
 
     async def _run(self) -> None:
@@ -144,11 +169,14 @@ class ClusterNode:
         while not self._stopping:
             now = time.monotonic()
             try:
-                if self.membership is None and now >= next_join:
-                    next_join = now + JOIN_INTERVAL
-                    await self._ask_to_join()
-                if self.is_authority and self.doc is not None and now >= next_refresh:
-                    next_refresh = now + REFRESH_INTERVAL
+                if (self.membership is None or self._check_roster) and now >= next_join \
+                        and (self._join_task is None or self._join_task.done()):
+                    # Its own task: an unreachable seed must not hold up the probes.
+                    next_join, self._check_roster = now + JOIN_INTERVAL, False
+                    self._join_task = self._loop.create_task(self._join_step())
+                if self.is_authority and self.doc is not None and (
+                        now >= next_refresh or self._refresh_now):
+                    next_refresh, self._refresh_now = now + REFRESH_INTERVAL, False
                     await self._refresh_authority()
                 if self.membership is not None:
                     self._handle(self.membership.tick(time.monotonic()))
@@ -247,6 +275,12 @@ class ClusterNode:
         self.doc = doc
         asyncio.get_running_loop().create_task(self._apply_serialized(doc))
         return True
+
+    async def _join_step(self) -> None:
+        try:
+            await self._ask_to_join()
+        except Exception:
+            log.exception("asking for the cluster document failed")
 
     async def _ask_to_join(self) -> None:
         message = {"t": "join", "key": bytes(self.identity.key.verify_key),

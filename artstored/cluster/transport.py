@@ -23,8 +23,10 @@ MAX_IN_FLIGHT = 256          # sends beyond this are dropped (counted): a slow p
 class Transport:
     """Fire-and-forget POSTs with a per-message timeout; counts bytes and failures."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, on_refused=None):
         self.timeout = aiohttp.ClientTimeout(total=timeout)
+        # on_refused(address, status): a peer answered a fire-and-forget send with an error
+        self.on_refused = on_refused
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self.stats: Counter = Counter(bytes_sent=0, bytes_received=0, messages_sent=0,
@@ -56,9 +58,12 @@ class Transport:
 
     async def _post(self, address: str, path: str, blob: bytes) -> None:
         try:
-            await self.request(address, path, blob)
+            status, _ = await self.request(address, path, blob)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             self.stats["send_failures"] += 1
+            return
+        if status >= 300 and self.on_refused is not None:
+            self.on_refused(address, status)
 
     async def request(self, address: str, path: str, blob: bytes) -> tuple[int, bytes]:
         """POST ``blob`` and return (status, body). Raises aiohttp.ClientError,
