@@ -124,6 +124,12 @@ def test_nodes_join_through_the_admin_and_see_each_other_alive(cluster):
         "ARTSTORE_CLIENT_SECRET": admin.admin_credentials()["client_secret"]})
     out = text.stdout.decode()
     assert text.returncode == 0 and all(i in out for i in ids), out
+    # On a member the CLI signs in where the member says (the admin), then asks the member.
+    text = nodes[2].cli("cluster", "status", "--json", env={
+        "ARTSTORE_CLIENT_ID": admin.admin_credentials()["client_id"],
+        "ARTSTORE_CLIENT_SECRET": admin.admin_credentials()["client_secret"]})
+    assert text.returncode == 0, text.stderr
+    assert json.loads(text.stdout)["node_id"] == ids[2]
 
 
 def _member_api(member: NsDaemon, token: str) -> NsApi:

@@ -128,10 +128,20 @@ class Client:
         form = {"grant_type": "client_credentials"}
         if scope:
             form["scope"] = scope
-        return self.request("POST", "/api/v1/auth/token", auth=False,
-                            body=urllib.parse.urlencode(form).encode(),
-                            headers={"Authorization": f"Basic {basic}",
-                                     "Content-Type": "application/x-www-form-urlencoded"})
+        args = dict(auth=False, body=urllib.parse.urlencode(form).encode(),
+                    headers={"Authorization": f"Basic {basic}",
+                             "Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            return self.request("POST", "/api/v1/auth/token", **args)
+        except ApiError as exc:
+            # A cluster member: tokens are the admin's, valid on every node. Sign in there
+            # (the member names it), then keep talking to the member.
+            authority = exc.problem.get("authority") if exc.status == 421 else None
+            if not authority or not isinstance(authority[0], str):
+                raise
+            admin = Client(f"{self.scheme}://{authority[0]}{self.base}",
+                           timeout=self.timeout)
+            return admin.request("POST", "/api/v1/auth/token", **args)
 
     def access_token(self) -> str:
         if self.token is None:
