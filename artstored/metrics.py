@@ -130,6 +130,43 @@ class EngineCollector:
             yield jobs
             yield progress
             yield from _scrub_metrics(svc)
+        if svc.cluster is not None:
+            yield from _cluster_metrics(svc.cluster)
+
+
+def _cluster_metrics(cluster):
+    """Membership as this node sees it, the document it holds, and the gossip's cost."""
+    members = GaugeMetricFamily("artstore_cluster_members",
+                                "Roster members by state, as this node sees them",
+                                labels=["state"])
+    counts = {"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+    if cluster.membership is not None:
+        for info in cluster.membership.members().values():
+            counts[info.state] = counts.get(info.state, 0) + 1
+    for state, n in sorted(counts.items()):
+        members.add_metric([state], n)
+    yield members
+    yield GaugeMetricFamily("artstore_cluster_document_version",
+                            "Version of the cluster document this node holds (0: none)",
+                            value=cluster.doc.version if cluster.doc else 0)
+    yield GaugeMetricFamily("artstore_cluster_on_roster",
+                            "1 while this node is on the roster (0: waiting to join)",
+                            value=1 if cluster.membership is not None else 0)
+    stats = cluster.transport.stats
+    for name, key, doc in (
+            ("artstore_cluster_sent_bytes", "bytes_sent", "Cluster message bytes sent"),
+            ("artstore_cluster_received_bytes", "bytes_received",
+             "Cluster message bytes received"),
+            ("artstore_cluster_messages_sent", "messages_sent", "Cluster messages sent"),
+            ("artstore_cluster_send_failures", "send_failures",
+             "Cluster messages that could not be delivered")):
+        yield CounterMetricFamily(name, doc, value=stats[key])
+    refused = CounterMetricFamily("artstore_cluster_refused",
+                                  "Cluster messages and documents refused, by reason code",
+                                  labels=["reason"])
+    for code, n in sorted(cluster.refused.items()):
+        refused.add_metric([code], n)
+    yield refused
 
 
 def _scrub_metrics(svc):

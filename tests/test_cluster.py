@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import msgpack
@@ -119,6 +120,14 @@ def test_nodes_join_through_the_admin_and_see_each_other_alive(cluster):
         assert status(d)["document"]["version"] == version
     with open(os.path.join(admin.data_dir, "cluster", "document.bin"), "rb") as f:
         OLD_DOCUMENT[:] = [f.read()]
+    metrics = nodes[1].ns_api().get("/metrics").body.decode()
+    for line in ('artstore_cluster_members{state="alive"} 4.0',
+                 f"artstore_cluster_document_version {float(version)}",
+                 "artstore_cluster_on_roster 1.0", "artstore_cluster_sent_bytes_total"):
+        assert line in metrics, line
+    check = subprocess.run(["promtool", "check", "metrics"], input=metrics,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     text = admin.cli("cluster", "status", env={
         "ARTSTORE_CLIENT_ID": admin.admin_credentials()["client_id"],
         "ARTSTORE_CLIENT_SECRET": admin.admin_credentials()["client_secret"]})
