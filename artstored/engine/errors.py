@@ -108,6 +108,14 @@ class ConfirmationRequired(ArtStoreError):
     title = "This mode transition needs an explicit confirmation"
 
 
+class FileDeleted(ArtStoreError):
+    """The file was deleted here: a replica of it is not taken (no resurrection)."""
+
+    code = "file_deleted"
+    status = 410
+    title = "File was deleted"
+
+
 class Conflict(ArtStoreError):
     code = "conflict"
     status = 409

@@ -32,7 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import catalog, durable, ids
-from .errors import Busy, storage_error
+from . import lmdb_schema as S
+from .errors import Busy, FileDeleted, storage_error
 from . import layout as L
 from . import modes as M
 from . import wal as W
@@ -56,6 +57,10 @@ class PreparedUpload:
     actor: W.Actor
     future: Future = field(default_factory=Future)
     error: BaseException | None = None
+    # A replica of a file first stored on another node: {"node": id, "seq": its WAL seq}.
+    # Committing one that is already here (or was deleted here) changes nothing.
+    origin: dict | None = None
+    seq: int | None = None       # this node's WAL sequence of the record, once committed
 
     @property
     def tmp_data(self) -> str:
@@ -200,7 +205,7 @@ class GroupCommitter:
                 for item in batch:
                     self._fail(item, exc)
                 return
-            live = self.stage(batch)
+            live = self.stage(self._drop_known_replicas(batch))
             if live:
                 try:
                     self.flush(live)
@@ -213,9 +218,35 @@ class GroupCommitter:
                 self.place(live)
         self.store.notify_committed()
         for item in batch:
-            if item.error is None:
+            if item.error is None and not item.future.done():
                 item.future.set_result(item.entry.attr)
         self.stats.failed += sum(1 for item in batch if item.error is not None)
+
+    def _drop_known_replicas(self, batch: list[PreparedUpload]) -> list[PreparedUpload]:
+        """Replicas of files already catalogued (or deleted) here are answered with what is
+        here and go no further. Race-free: this thread is the only one that creates files."""
+        if not any(item.origin is not None for item in batch):
+            return batch
+        env, out, seen = self.store.env, [], set()
+        with env.read() as txn:
+            for item in batch:
+                fid = item.entry.file_id
+                if item.origin is None:
+                    out.append(item)
+                    continue
+                existing = catalog.get(txn, env, fid)
+                tombstone = txn.get(ids.file_id_key(fid), db=env.db(S.DB_TOMBSTONES))
+                if existing is None and tombstone is None and fid not in seen:
+                    seen.add(fid)
+                    out.append(item)
+                    continue
+                item.writer.abort()
+                if tombstone is not None:
+                    self._fail(item, FileDeleted(f"file {fid} was deleted here; it is not "
+                                                 "brought back", file_id=fid))
+                else:
+                    item.future.set_result(existing.attr if existing else item.entry.attr)
+        return out
 
     # The steps, public so that tests can stop between them as a crash would.
 
@@ -277,9 +308,12 @@ class GroupCommitter:
         with env.write() as txn:
             for item in live:
                 catalog.put(txn, env, item.entry)
-                W.append(txn, env, W.FILE_CREATE, item.actor, file_id=item.entry.file_id,
-                         data={"attr": item.entry.attr, "disk": item.entry.disk,
-                               "rel": item.entry.rel})
+                data = {"attr": item.entry.attr, "disk": item.entry.disk,
+                        "rel": item.entry.rel}
+                if item.origin is not None:
+                    data["origin"] = item.origin
+                item.seq = W.append(txn, env, W.FILE_CREATE, item.actor,
+                                    file_id=item.entry.file_id, data=data)
                 W.put_intent(txn, env, ids.file_id_key(item.entry.file_id), W.FILE_PLACE,
                              item.actor, **place_intent(item.entry, item.tmp_data))
             for op in self._placed_ops:

@@ -51,8 +51,10 @@ DB_REVOKED = b"revoked"
 DB_JOBS = b"jobs"
 DB_FIXITY = b"fixity"
 DB_FIXITY_ORDER = b"fixorder"
+DB_TOMBSTONES = b"tombstones"   # file id → who deleted it and when: never resurrected
+DB_PEERS = b"peers"             # peer node id → how far this node has followed its WAL
 ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED,
-           DB_JOBS, DB_FIXITY, DB_FIXITY_ORDER)
+           DB_JOBS, DB_FIXITY, DB_FIXITY_ORDER, DB_TOMBSTONES, DB_PEERS)
 
 META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}

@@ -47,6 +47,20 @@ def node_id_of(public_key: bytes) -> str:
     return "n-" + hashlib.sha256(bytes(public_key)).hexdigest()[:16]
 
 
+def verify_signature(public_key: bytes, payload: bytes, signature: dict) -> bool:
+    """Whether ``signature`` (as ``NodeIdentity.sign`` makes it) is the holder of
+    ``public_key``'s signature of ``payload``, and names that key's node id."""
+    try:
+        if signature.get("key_id") != node_id_of(public_key):
+            return False
+        nacl.signing.VerifyKey(bytes(public_key)).verify(
+            payload, b64url_decode(signature["value"]))
+        return True
+    except (nacl.exceptions.BadSignatureError, KeyError, ValueError, TypeError,
+            AttributeError):
+        return False
+
+
 class NodeIdentity:
     def __init__(self, data_dir: str, name: str | None = None):
         self.key = load_or_create_key(os.path.join(data_dir, "keys", "node.key"))

@@ -20,7 +20,7 @@ from . import catalog, durable, ids
 from . import layout as L
 from . import modes as M
 from . import wal as W
-from . import walseg
+from . import replica, walseg
 from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
 from .fixity import Quarantined
@@ -399,12 +399,14 @@ class Store:
         return new_attr
 
     def delete(self, file_id: str, actor: W.Actor, *, reason: str = "request",
-               check_mode: bool = True) -> None:
-        """Remove a file, its sidecar and its catalog entry; durable when it returns.
+               check_mode: bool = True, origin: dict | None = None) -> None:
+        """Remove a file, its sidecar and its catalog entry, and leave a tombstone (a
+        replica of it is never taken back); durable when it returns.
 
         The sidecar goes first, so a crash never leaves content that a rebuild would bring
         back. Raises FileNotFound, ModeNotAllowed (unless ``check_mode`` is False, which the
-        retention GC uses).
+        retention GC and replicated deletes use). ``origin``: the node and WAL sequence of
+        a delete made elsewhere first.
         """
         if check_mode:
             self.require(M.DELETE)
@@ -426,9 +428,12 @@ class Store:
                     # The upload's place intent, if the batch after it has not dropped it
                     # yet: recovery must not look for the files this delete removed.
                     W.drop_intent(txn, self.env, ids.file_id_key(file_id))
-                    W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id,
-                             data={"reason": reason, "size": entry.size,
-                                   "checksum_sha256": entry.attr.get("checksum_sha256")})
+                    data = {"reason": reason, "size": entry.size,
+                            "checksum_sha256": entry.attr.get("checksum_sha256")}
+                    if origin is not None:
+                        data["origin"] = origin
+                    W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
+                    replica.put_tombstone(txn, self.env, file_id, actor, origin)
                     W.drop_intent(txn, self.env, op)
         self.notify_committed()
 

@@ -1,0 +1,167 @@
+"""Taking in what other nodes stored: replicas of files, their metadata changes, their
+deletes; and how far this node has followed each peer's log.
+
+Plain synchronous engine code like the rest of ``engine``: the cluster shell fetches bytes
+and records from peers and calls these. Every function is idempotent — applying the same
+record twice changes nothing — and each change is one WAL record that names its origin
+(``{"node": id, "seq": its WAL sequence there}``).
+
+Concurrent metadata changes of one file on two nodes resolve the same way everywhere: the
+attr with the greater ``(version, updated_at, updated_by_id)`` wins (all three travel with
+the attr, so every node compares the same values). The loser is kept in the audit trail as
+a ``file.update`` record in state ROLLED_BACK carrying its attr.
+
+A delete leaves a tombstone (``tombstones`` database): a replica of a deleted file is
+refused (FileDeleted), so a node back from a long outage cannot bring it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from . import attrs as A
+from . import catalog, durable, ids
+from . import layout as L
+from . import lmdb_schema as S
+from . import modes as M
+from . import wal as W
+from .catalog import CatalogEntry
+from .errors import ChecksumMismatch, FileNotFound, ValidationError
+from .groupcommit import PreparedUpload
+
+log = logging.getLogger("artstored.engine.replica")
+
+APPLIED, SUPERSEDED, ABSENT, ALREADY = "applied", "superseded", "absent", "already"
+
+
+class ReplicaRefused(ValidationError):
+    """A replica whose bytes or signature do not match its attr record."""
+
+    code = "replica_refused"
+    status = 422
+    title = "Replica does not match its record"
+
+
+def prepare_replica(store, writer, attr: dict, *, origin: dict,
+                    verify_signature: Callable[[bytes, dict], bool]) -> PreparedUpload:
+    """A PreparedUpload for a replica: ``writer`` (finished) holds the bytes another node
+    stored under ``attr``. Checks the size, the SHA-256 and the origin node's signature of
+    the fixity payload (``verify_signature(payload, attr["signature"])``). Raises
+    ReplicaRefused / ChecksumMismatch; the caller then aborts the writer. Commit it with
+    ``store.commit_upload``: if the file is already here, that resolves to what is here; if
+    it was deleted here, to FileDeleted."""
+    file_id = attr.get("file_id")
+    if not isinstance(file_id, str) or ids.file_id_key(file_id) is None:
+        raise ReplicaRefused("the replica's attr has no valid file_id")
+    if writer.size != attr.get("file_size"):
+        raise ReplicaRefused(f"replica of {file_id}: {writer.size} bytes, the record says "
+                             f"{attr.get('file_size')}")
+    if writer.sha256_hex != attr.get("checksum_sha256"):
+        raise ChecksumMismatch(f"replica of {file_id} does not hash to its record's sha256",
+                               declared=attr.get("checksum_sha256"), actual=writer.sha256_hex)
+    signature = attr.get("signature")
+    if not isinstance(signature, dict) or not verify_signature(A.fixity_payload(attr),
+                                                                signature):
+        raise ReplicaRefused(f"replica of {file_id}: the origin's signature does not verify")
+    created = A.parse_time(attr["created_at"])
+    entry = CatalogEntry(attr=attr, disk=writer.disk.disk_id,
+                         rel=L.object_relpath(created, attr["storage_filename"]))
+    actor = W.Actor(attr.get("created_by_id") or "system",
+                    attr.get("created_by_username") or "system")
+    return PreparedUpload(writer=writer, entry=entry, attr_bytes=A.encode(attr), actor=actor,
+                          origin=origin)
+
+
+def _rank(attr: dict) -> tuple:
+    return (attr.get("version") or 0, attr.get("updated_at") or "",
+            attr.get("updated_by_id") or "")
+
+
+def apply_update(store, attr: dict, *, origin: dict) -> str:
+    """Apply another node's metadata change (its whole new attr). Returns ``applied``,
+    ``superseded`` (ours wins; theirs recorded as lost), ``already`` (same attr here) or
+    ``absent`` (no such file here: its create, when it comes, brings the newest attr).
+    Durable when it returns."""
+    file_id = attr["file_id"]
+    with store.file_lock(file_id):
+        entry = store.view.entry(file_id)
+        if entry is None:
+            return ABSENT
+        mine, theirs = _rank(entry.attr), _rank(attr)
+        if theirs == mine:
+            return ALREADY
+        actor = W.Actor(attr.get("updated_by_id") or "system",
+                        attr.get("updated_by_username") or "system")
+        if theirs < mine:
+            with store.env.write() as txn:
+                W.append(txn, store.env, W.FILE_UPDATE, actor, state=W.ROLLED_BACK,
+                         file_id=file_id, data={"attr": attr, "origin": origin,
+                                                "superseded_by": entry.attr.get("version")})
+            return SUPERSEDED
+        for key in ("file_size", "checksum_sha256", "created_at", "storage_filename",
+                    "signature"):
+            if attr.get(key) != entry.attr.get(key):
+                raise ReplicaRefused(f"an update of {file_id} changes {key}")
+        store.committer.wait_placed(file_id)
+        with store.mode_lock:
+            durable.atomic_write(store.content_path(entry) + L.ATTR_SUFFIX, A.encode(attr))
+            with store.env.write() as txn:
+                catalog.put(txn, store.env, CatalogEntry(attr=attr, disk=entry.disk,
+                                                         rel=entry.rel))
+                W.append(txn, store.env, W.FILE_UPDATE, actor, file_id=file_id,
+                         data={"attr": attr, "origin": origin})
+    store.notify_committed()
+    return APPLIED
+
+
+def apply_delete(store, file_id: str, actor: W.Actor, *, origin: dict) -> str:
+    """Apply another node's delete: remove the file if it is here, and leave a tombstone
+    either way. ``applied``, or ``absent`` (only the tombstone). Durable when it returns."""
+    try:
+        store.delete(file_id, actor, reason="replicated", check_mode=False, origin=origin)
+        return APPLIED
+    except FileNotFound:
+        with store.env.write() as txn:
+            put_tombstone(txn, store.env, file_id, actor, origin)
+        return ABSENT
+
+
+def put_tombstone(txn, env, file_id: str, actor: W.Actor, origin: dict | None) -> None:
+    """Inside ``txn``: remember that ``file_id`` was deleted (by whom, when, where first)."""
+    txn.put(ids.file_id_key(file_id), W.pack({"deleted_at": time.time(), "by": actor.id,
+                                               "origin": origin}),
+            db=env.db(S.DB_TOMBSTONES))
+
+
+def is_deleted(store, file_id: str) -> bool:
+    with store.env.read() as txn:
+        return txn.get(ids.file_id_key(file_id), db=store.env.db(S.DB_TOMBSTONES)) \
+            is not None
+
+
+def may_take_replicas(store) -> bool:
+    """Whether this element takes new copies (rw and edit: an ro or ar element's files
+    are fixed)."""
+    return M.allows(store.mode, M.UPLOAD)
+
+
+# --- how far each peer's log has been followed ------------------------------------------------
+
+def peer_cursor(store, peer: str) -> int:
+    """The last sequence of ``peer``'s WAL this node has applied (0: none)."""
+    with store.env.read() as txn:
+        raw = txn.get(peer.encode("utf-8"), db=store.env.db(S.DB_PEERS))
+    return 0 if raw is None else W.unpack(raw)["seq"]
+
+
+def set_peer_cursor(store, peer: str, seq: int) -> None:
+    """Record that ``peer``'s records up to ``seq`` are applied. Durable when it returns;
+    never moves back."""
+    key = peer.encode("utf-8")
+    with store.env.write() as txn:
+        raw = txn.get(key, db=store.env.db(S.DB_PEERS))
+        if raw is None or W.unpack(raw)["seq"] < seq:
+            txn.put(key, W.pack({"seq": seq, "at": time.time()}),
+                    db=store.env.db(S.DB_PEERS))

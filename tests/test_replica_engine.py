@@ -1,0 +1,146 @@
+"""The engine's side of replication (engine/replica.py), with two real stores: a replica
+is verified and committed once, whatever arrives twice; deletes leave tombstones that
+nothing resurrects; concurrent metadata changes resolve by one rule everywhere."""
+
+import pytest
+
+from artstored.engine import Store, StoreConfig
+from artstored.engine import replica as R
+from artstored.engine import wal as W
+from artstored.engine.errors import ChecksumMismatch, FileDeleted
+from artstored.engine.node import verify_signature
+from artstored.engine.store import UploadRequest
+
+ALICE = W.Actor("cl_alice", "alice", "user")
+BOB = W.Actor("cl_bob", "bob", "user")
+
+
+@pytest.fixture
+def pair(tmp_path):
+    a = Store(StoreConfig(data_dir=str(tmp_path / "a")))
+    b = Store(StoreConfig(data_dir=str(tmp_path / "b")))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def copy_to(origin: Store, target: Store, attr: dict, content: bytes, **kw):
+    """What the cluster shell does: stream the bytes into a writer, prepare, commit."""
+    writer = target.begin_upload(len(content))
+    writer.write_many([content])
+    writer.finish()
+    key = bytes(origin.node.key.verify_key)
+    try:
+        prepared = R.prepare_replica(
+            target, writer, attr, origin={"node": origin.node.node_id, "seq": 1},
+            verify_signature=lambda p, s: verify_signature(key, p, s), **kw)
+    except BaseException:
+        writer.abort()
+        raise
+    return target.commit_upload(prepared).result(), prepared
+
+
+def upload(store: Store, content: bytes) -> dict:
+    return store.ingest([content], UploadRequest(original_filename="a.txt"), ALICE)
+
+
+def records(store: Store, kind: str) -> list[dict]:
+    with store.view.snapshot() as snap:
+        return [r for r in snap.wal_records(0) if r["kind"] == kind]
+
+
+def test_a_replica_is_byte_identical_and_names_its_origin(pair):
+    a, b = pair
+    attr = upload(a, b"archive me")
+    got, prepared = copy_to(a, b, attr, b"archive me")
+    assert got == attr and b.get(attr["file_id"]).attr == attr
+    entry, f = b.open_content(attr["file_id"])
+    with f:
+        assert f.read() == b"archive me"
+    [create] = records(b, W.FILE_CREATE)
+    assert create["data"]["origin"] == {"node": a.node.node_id, "seq": 1}
+    assert prepared.seq == create["seq"]
+
+
+def test_the_same_replica_twice_changes_nothing(pair):
+    a, b = pair
+    attr = upload(a, b"twice")
+    copy_to(a, b, attr, b"twice")
+    seq_before = b.stats()["wal_seq"]
+    got, _ = copy_to(a, b, attr, b"twice")
+    assert got == attr
+    assert b.stats()["wal_seq"] == seq_before and len(records(b, W.FILE_CREATE)) == 1
+    assert b.stats()["files"] == 1
+    assert not [n for n in _tmp_files(b)]
+
+
+def _tmp_files(store):
+    import os
+    return [n for d in store.disks.online() for n in os.listdir(d.tmp)]
+
+
+def test_a_replica_that_does_not_match_is_refused(pair):
+    a, b = pair
+    attr = upload(a, b"genuine")
+    with pytest.raises(ChecksumMismatch):
+        copy_to(a, b, attr, b"genuinE")
+    with pytest.raises(R.ReplicaRefused):
+        copy_to(a, b, attr, b"genuine!")
+    forged = dict(attr, description="changed", signature=dict(attr["signature"]))
+    forged["file_size"] = attr["file_size"]
+    # Signed by b instead of a: the signature is not the origin's.
+    forged["signature"] = b.node.sign(b"whatever")
+    with pytest.raises(R.ReplicaRefused):
+        copy_to(a, b, forged, b"genuine")
+    assert b.stats()["files"] == 0 and not _tmp_files(b)
+
+
+def test_a_deleted_file_is_never_brought_back(pair):
+    a, b = pair
+    attr = upload(a, b"short-lived")
+    copy_to(a, b, attr, b"short-lived")
+    b.delete(attr["file_id"], BOB, check_mode=False)  # (rw forbids deletes by clients)
+    assert R.is_deleted(b, attr["file_id"])
+    with pytest.raises(FileDeleted):
+        copy_to(a, b, attr, b"short-lived")
+    assert b.stats()["files"] == 0
+    # A delete that arrives before the file leaves a tombstone too.
+    other = upload(a, b"other")
+    assert R.apply_delete(b, other["file_id"], BOB, origin={"node": "n-x", "seq": 9}) == \
+        R.ABSENT
+    with pytest.raises(FileDeleted):
+        copy_to(a, b, other, b"other")
+    assert R.apply_delete(a, other["file_id"], BOB, origin={"node": "n-x", "seq": 9}) == \
+        R.APPLIED
+    assert a.stats()["files"] == 1
+
+
+def test_concurrent_patches_resolve_the_same_everywhere_and_the_loser_is_kept(pair):
+    a, b = pair
+    attr = upload(a, b"contested")
+    copy_to(a, b, attr, b"contested")
+    on_a = a.patch(attr["file_id"], {"description": "from a"}, ALICE)
+    on_b = b.patch(attr["file_id"], {"description": "from b"}, BOB)
+    assert on_a["version"] == on_b["version"] == 2
+    results = (R.apply_update(a, on_b, origin={"node": "b", "seq": 5}),
+               R.apply_update(b, on_a, origin={"node": "a", "seq": 5}))
+    assert sorted(results) == [R.APPLIED, R.SUPERSEDED]
+    final_a, final_b = a.get(attr["file_id"]).attr, b.get(attr["file_id"]).attr
+    assert final_a == final_b
+    winner = max((on_a, on_b), key=lambda x: (x["version"], x["updated_at"],
+                                              x["updated_by_id"]))
+    assert final_a["description"] == winner["description"]
+    # The losing value stays in the audit trail of the node that was told of it.
+    kept = [r for s in (a, b) for r in records(s, W.FILE_UPDATE)
+            if r["state"] == W.ROLLED_BACK]
+    assert len(kept) == 1 and kept[0]["data"]["attr"]["description"] != winner["description"]
+    # Again: nothing changes.
+    assert R.apply_update(a, final_b, origin={"node": "b", "seq": 6}) == R.ALREADY
+
+
+def test_peer_cursors_only_move_forward(pair):
+    a, _ = pair
+    assert R.peer_cursor(a, "n-peer") == 0
+    R.set_peer_cursor(a, "n-peer", 10)
+    R.set_peer_cursor(a, "n-peer", 7)
+    assert R.peer_cursor(a, "n-peer") == 10
