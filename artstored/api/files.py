@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..auth import roles as R
 from ..engine import attrs as A
-from ..engine import catalog
+from ..engine import catalog, replica
 from ..engine.node import b64url
 from ..engine import modes as M
 from ..engine.errors import BadRequest, NotReady, PreconditionFailed, ValidationError
@@ -134,7 +134,7 @@ def fixity_report(store, file_id: str) -> dict:
         "digests": {"sha256": attr.get("checksum_sha256"), "xxh3_128": attr.get("xxh3_128")},
         "signature": {"algorithm": signature.get("alg"), "key_id": signature.get("key_id"),
                       "value": signature.get("value"),
-                      "valid": store.node.verify(A.fixity_payload(attr), signature)},
+                      "valid": replica.signature_valid(store, attr)},
         "public_key": {"algorithm": "Ed25519", "key_id": store.node.node_id,
                        "value": b64url(bytes(store.node.key.verify_key))},
         "origin_node": attr.get("origin_node"),

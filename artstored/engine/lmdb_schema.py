@@ -61,6 +61,7 @@ META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}
 META_WAL_HEAD = b"wal_head"       # {seq, hash}: the newest WAL record and its hash
 META_STATS = b"stats"             # {files, bytes}: kept in the same txn as catalog changes
 META_WAL_SEALED = b"wal_sealed"  # {through, hash, segments}: the log's sealed part (walseg)
+META_NODE_KEYS = b"node_keys"     # {node id: Ed25519 public key} of peers whose files we hold
 META_DISKS = b"disks"             # {root path: disk id}: every disk root this store has used
 
 MIGRATIONS: dict[int, callable] = {}

@@ -30,6 +30,7 @@ from . import wal as W
 from .catalog import CatalogEntry
 from .errors import ChecksumMismatch, FileNotFound, ValidationError
 from .groupcommit import PreparedUpload
+from .node import verify_signature
 
 log = logging.getLogger("artstored.engine.replica")
 
@@ -145,6 +146,39 @@ def may_take_replicas(store) -> bool:
     """Whether this element takes new copies (rw and edit: an ro or ar element's files
     are fixed)."""
     return M.allows(store.mode, M.UPLOAD)
+
+
+# --- whose signatures this node can check -----------------------------------------------------
+
+def remember_node_keys(store, keys: dict[str, bytes]) -> None:
+    """Add peers' public keys (node id → 32 bytes) to those this store checks sidecar
+    signatures with; a key once known is kept (its files stay checkable after the node
+    leaves). Durable when it returns; no write when nothing is new."""
+    known = known_node_keys(store)
+    new = {n: bytes(k) for n, k in keys.items() if known.get(n) != bytes(k)}
+    if not new:
+        return
+    with store.env.write() as txn:
+        txn.put(S.META_NODE_KEYS, W.pack({**known, **new}), db=store.env.db(S.DB_META))
+
+
+def known_node_keys(store) -> dict[str, bytes]:
+    with store.env.read() as txn:
+        raw = txn.get(S.META_NODE_KEYS, db=store.env.db(S.DB_META))
+    return {} if raw is None else W.unpack(raw)
+
+
+def signature_valid(store, attr: dict) -> bool:
+    """Whether ``attr``'s signature is its signer's: this node's own, or a peer's whose
+    key this store was given (``remember_node_keys``)."""
+    signature = attr.get("signature")
+    if not isinstance(signature, dict):
+        return False
+    key_id = signature.get("key_id")
+    if key_id == store.node.node_id or key_id is None:
+        return store.node.verify(A.fixity_payload(attr), signature)
+    key = known_node_keys(store).get(key_id)
+    return key is not None and verify_signature(key, A.fixity_payload(attr), signature)
 
 
 # --- how far each peer's log has been followed ------------------------------------------------

@@ -15,6 +15,7 @@ import os
 
 from ..engine import attrs as A
 from ..engine import layout as L
+from ..engine import replica
 from ..engine import wal as W
 from ..engine.errors import DiskOffline, StoreCorrupt
 from ..engine.objectfiles import hash_file
@@ -74,9 +75,7 @@ def check_entry(store, entry, state: dict, *, deep: bool) -> int:
                 _note(state, "catalog_stale", fid, attr_path,
                       f"{field} differs between the catalog and attr.json")
                 break
-        signature = sidecar.get("signature")
-        if not isinstance(signature, dict) or \
-                not store.node.verify(A.fixity_payload(sidecar), signature):
+        if not replica.signature_valid(store, sidecar):
             _note(state, "signature_invalid", fid, attr_path,
                   "the node's signature over the fixity payload does not verify")
     read = 0
