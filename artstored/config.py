@@ -112,6 +112,13 @@ KEYS: tuple[Key, ...] = (
         "the admin's node public key (base64url, from `artstore cluster status` on the "
         "admin): a new node accepts a first cluster document only from it (default: from "
         "whoever its seeds name)"),
+    Key("replication", "ack", "choice", "quorum",
+        "in a cluster, when an upload is answered: local (durable here), quorum (on a "
+        "majority of its owners) or all (on every owner); ?ack= overrides it per request",
+        choices=("local", "quorum", "all")),
+    Key("replication", "ack_timeout_seconds", "float", 30.0,
+        "how long an upload waits for its copies before it is answered 503 (the file stays "
+        "stored here and is replicated later)", minimum=1),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "

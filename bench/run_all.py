@@ -16,7 +16,7 @@ import platform
 import shutil
 import time
 
-from . import core, durability, fuse, hostile, preservation, search, suite, swim
+from . import cluster, core, durability, fuse, hostile, preservation, search, suite, swim
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -126,6 +126,9 @@ def main(argv=None) -> int:
         swim_args = ["--quick"] if args.quick else []
         results["swim"] = {"exit": swim.main(swim_args)}
         timings["swim"] = round(time.monotonic() - started - sum(timings.values()))
+        # Real daemons in network namespaces; quick: 3 nodes, 1 kill, 10 s steady.
+        results["cluster"] = {"exit": cluster.main(swim_args)}
+        timings["cluster"] = round(time.monotonic() - started - sum(timings.values()))
         if not args.quick:   # make test runs the fuzz with a fixed seed already
             from . import fuzz
             results["fuzz"] = {"examples": 20_000, "exit": fuzz.main(["--examples", "20000"])}

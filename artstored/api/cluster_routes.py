@@ -12,17 +12,20 @@ the document version each holds, join requests), and on the admin
 
 from __future__ import annotations
 
+import json
 import re
 
+import msgpack
 from aiohttp import web
 
 from ..replication.envelope import MAX_ENVELOPE_BYTES
 
 from ..auth import roles as R
+from ..cluster import replicator as RP
 from ..engine.errors import BadRequest, NotFound, UploadTooLarge, ValidationError
 from .app import actor_of, public, requires
 from .responses import json_response, read_json
-from .state import services
+from .state import blocking, services
 
 _NODE_ID = re.compile(r"^n-[0-9a-f]{16}$")
 
@@ -62,6 +65,76 @@ async def join(request: web.Request) -> web.Response:
     cluster = _cluster(request)
     body = cluster.receive_join(await _envelope(request))
     return web.Response(body=body, content_type="application/msgpack")
+
+
+def _signed(request: web.Request, cluster, kind: str) -> dict:
+    """The message of the signed envelope in the request's header (a roster member's)."""
+    header = request.headers.get(RP.HEADER)
+    if not header or len(header) > 64 * 1024:
+        raise BadRequest(f"send a signed envelope in {RP.HEADER}", code="envelope_malformed")
+    message = cluster.open_request(RP.decode_header(header)).message
+    if not isinstance(message, dict) or message.get("t") != kind:
+        raise BadRequest(f"the envelope is not a {kind} request", code="envelope_malformed")
+    return message
+
+
+def _path_file_id(request: web.Request, message: dict) -> str:
+    file_id = request.match_info["file_id"]
+    if message.get("file_id", (message.get("attr") or {}).get("file_id")) != file_id:
+        raise BadRequest("the signed request names another file", code="envelope_malformed")
+    return file_id
+
+
+@public
+async def put_replica(request: web.Request) -> web.Response:
+    """A copy of a file another member stored (its attr in the signed header)."""
+    cluster = _cluster(request)
+    message = _signed(request, cluster, "replica")
+    file_id = _path_file_id(request, message)
+    if not isinstance(message.get("attr"), dict) or not isinstance(message.get("origin"),
+                                                                    dict):
+        raise BadRequest("a replica request carries attr and origin", code="envelope_malformed")
+    attr = await cluster.replicator.take_replica(message["attr"], message["origin"],
+                                                 request.content.iter_chunked(RP.CHUNK))
+    return json_response({"file_id": file_id, "node": cluster.id,
+                          "version": attr.get("version")}, status=201)
+
+
+@public
+async def get_replica(request: web.Request) -> web.StreamResponse:
+    """A file's bytes and attr, for a member that owns it and lacks it."""
+    svc = services(request)
+    cluster = _cluster(request)
+    file_id = _path_file_id(request, _signed(request, cluster, "fetch"))
+    entry, f = await blocking(svc.store.open_content, file_id)
+    try:
+        response = web.StreamResponse(headers={
+            RP.ATTR_HEADER: RP.encode_header(json.dumps(entry.attr).encode("utf-8")),
+            "Content-Type": "application/octet-stream"})
+        response.content_length = entry.size
+        await response.prepare(request)
+        while chunk := await blocking(f.read, RP.CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        f.close()
+
+
+@public
+async def changes(request: web.Request) -> web.Response:
+    """Records of this node's WAL after a sequence, long-polled (for members)."""
+    cluster = _cluster(request)
+    message = cluster.open_request(await _envelope(request)).message
+    if not isinstance(message, dict) or message.get("t") != "changes":
+        raise BadRequest("the envelope is not a changes request", code="envelope_malformed")
+    after, limit, wait = message.get("after"), message.get("limit"), message.get("wait")
+    if not (type(after) is int and after >= 0 and type(limit) is int and 1 <= limit <= 1000
+            and isinstance(wait, (int, float)) and 0 <= wait <= 60):
+        raise ValidationError("after >= 0, limit 1-1000, wait 0-60 s", code="invalid_changes")
+    batch = await cluster.replicator.changes(after, limit, float(wait))
+    return web.Response(body=msgpack.packb(batch, use_bin_type=True),
+                        content_type="application/msgpack")
 
 
 @requires(R.USER, R.STORAGE_READ)
@@ -106,6 +179,9 @@ async def set_mode(request: web.Request) -> web.Response:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/cluster/v1/swim", swim)
     router.add_post("/cluster/v1/join", join)
+    router.add_put("/cluster/v1/objects/{file_id}", put_replica)
+    router.add_get("/cluster/v1/objects/{file_id}", get_replica)
+    router.add_post("/cluster/v1/changes", changes)
     router.add_get("/api/v1/cluster", status)
     router.add_put("/api/v1/cluster/members/{node_id}", admit)
     router.add_delete("/api/v1/cluster/members/{node_id}", remove)

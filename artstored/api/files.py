@@ -20,6 +20,7 @@ from .responses import json_response, read_json
 from .state import blocking, services
 from .upload import receive_upload
 
+ACKS = ("local", "quorum", "all")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 
@@ -43,11 +44,19 @@ async def upload(request: web.Request) -> web.Response:
     svc = services(request)
     if svc.stopping:
         raise NotReady("the daemon is shutting down; retry on another node or later")
+    ack = request.query.get("ack")
+    if ack is not None and ack not in ACKS:
+        raise BadRequest("ack must be local, quorum or all", code="invalid_ack")
     prepared = await receive_upload(request, svc.store, actor_of(request),
                                     svc.config["server.client_max_fields_bytes"])
     attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
     location = f"/api/v1/files/{attr['file_id']}"
-    return json_response(attr, status=201,
+    body = attr
+    if svc.cluster is not None and svc.cluster.membership is not None:
+        holders = await svc.cluster.replicator.replicate_upload(
+            attr, prepared.seq, ack or svc.config["replication.ack"])
+        body = {**attr, "replicas": holders}
+    return json_response(body, status=201,
                          headers={"Location": location, "ETag": metadata_etag(attr)})
 
 

@@ -69,12 +69,14 @@ def _parse_field(name: str, raw: bytes, fields: dict) -> None:
         fields[name] = text.strip().lower()
 
 
-async def _stream_file(stream: MultipartStream, writer) -> None:
+async def stream_to_writer(pieces, writer) -> None:
+    """Write an async iterable of byte pieces to an upload writer in ~1 MiB batches, one
+    batch in a worker thread while the next is received. Raises what the writer raises."""
     loop = asyncio.get_running_loop()
     batch: list[memoryview] = []
     size = 0
     in_flight = None
-    async for piece in stream.iter_body():
+    async for piece in pieces:
         batch.append(piece)
         size += len(piece)
         if size >= BATCH_BYTES:
@@ -120,7 +122,7 @@ async def receive_upload(request: web.Request, store, actor: Actor, max_field_by
                     pieces = [piece async for piece in stream.iter_body()]
                 else:
                     writer = await blocking(store.begin_upload, min(declared or 0, limit))
-                    await _stream_file(stream, writer)
+                    await stream_to_writer(stream.iter_body(), writer)
             elif part.name in FIELD_NAMES:
                 if part.name in fields:
                     raise BadRequest(f"field {part.name} given twice", code="duplicate_field")

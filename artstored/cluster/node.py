@@ -39,6 +39,7 @@ from ..engine import wal as W
 from ..engine.errors import ArtStoreError, Conflict
 from ..engine.node import node_id_of
 from .authority import Authority, token_keys_of
+from .replicator import Replicator
 from .tokens import DocumentAccounts, DocumentKeys
 from .transport import Transport
 
@@ -92,6 +93,7 @@ class ClusterNode:
         self.authority = Authority(self.id, identity.key, self.doc) \
             if self.role == "admin" else None
         self.membership: Membership | None = None
+        self.replicator: Replicator | None = None
         self.refused: dict[str, int] = {}
         self.peer_doc_version: dict[str, int] = {}
         self.peer_heard_at: dict[str, float] = {}
@@ -139,6 +141,8 @@ class ClusterNode:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.replicator = Replicator(self)
+        await self.replicator.start()
         if self.role == "admin":
             self.svc.accounts.change_listeners.append(self.auth_changed)
         await self.transport.start()
@@ -162,6 +166,8 @@ class ClusterNode:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.replicator is not None:
+            await self.replicator.stop()
         await self.transport.close()
 
     async def _run(self) -> None:
@@ -215,6 +221,18 @@ class ClusterNode:
             self.peer_doc_version[env.sender] = env.message["dv"]
         self.peer_heard_at[env.sender] = time.monotonic()
         self._handle(self.membership.receive(time.monotonic(), env.sender, env.message))
+
+    def open_request(self, data: bytes) -> E.Envelope:
+        """A request from a roster member (a signed envelope, as for the gossip): the
+        envelope, or an EnvelopeError / NotMember."""
+        if self.doc is None or self.membership is None:
+            self._count_refusal(NotMember.code)
+            raise NotMember("not on the roster (yet)")
+        try:
+            return E.unpack(data, self.doc.public_keys(), self.replay)
+        except E.EnvelopeError as exc:
+            self._count_refusal(exc.code)
+            raise
 
     def receive_join(self, data: bytes) -> bytes:
         """A join request (self-signed by a node that may not be a member). The authority
@@ -345,6 +363,8 @@ class ClusterNode:
             self.membership = None
         if doc.signer != self.id or not self.is_authority:
             self._use_document_auth(doc)
+        if self.replicator is not None:
+            self.replicator.roster_changed()
         await self._apply_mode(doc)
 
     def _use_document_auth(self, doc: D.Document) -> None:
@@ -510,6 +530,7 @@ class ClusterNode:
                "document": doc.summary() if doc else None, "members": members,
                "mode_from_cluster": self.mode_result,
                "refused": dict(self.refused), "transport": dict(self.transport.stats),
+               "replication": self.replicator.status() if self.replicator else None,
                "swim": self.membership.statistics() if self.membership else None}
         if self.is_authority:
             self.authority.expire_joins(time.time())

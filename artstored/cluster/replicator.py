@@ -1,0 +1,372 @@
+"""Moving files between nodes: each file on its ``replication_factor`` owners.
+
+Two paths, both ending in the engine's ``replica`` functions (verified size, SHA-256 and
+origin signature; committed once through the group commit):
+
+- **push**, for the acknowledgement: after an upload is durable here, it is streamed to its
+  other owners (``PUT /cluster/v1/objects/{id}``), and the upload is answered once
+  ``replication.ack`` is met (``local``; ``quorum`` = a majority of the owners, counting
+  this node if it is one; ``all``). A node that is not an owner keeps its copy (the
+  hand-off) meanwhile.
+- **pull**, for everything else: every member follows every other member's WAL
+  (``POST /cluster/v1/changes``, long-polled) from a cursor kept in LMDB, and applies what
+  concerns it — a file it owns and lacks is fetched (``GET /cluster/v1/objects/{id}``), a
+  metadata change of a file it holds is applied by the engine's rule, a delete leaves a
+  tombstone. A node back from an outage catches up from its cursors; applying a record
+  twice changes nothing.
+
+Requests between nodes carry an envelope signed with the sender's node key (header
+``X-ArtStore-Envelope``, checked like the gossip's: roster members only, no replays).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+
+import aiohttp
+import msgpack
+
+from ..engine import replica as R
+from ..engine import wal as W
+from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
+from ..replication import envelope as E
+from ..replication import placement as P
+
+log = logging.getLogger("artstored.cluster.replication")
+
+HEADER = "X-ArtStore-Envelope"
+ATTR_HEADER = "X-ArtStore-Attr"
+OBJECTS = "/cluster/v1/objects/"
+CHANGES = "/cluster/v1/changes"
+CHUNK = 1 << 20
+FEED_LIMIT = 256
+FEED_WAIT = 20.0
+RETRY_SECONDS = 2.0
+HEDGE_SECONDS = 2.0         # an owner silent this long gets a substitute for the ack
+CONNECT_SECONDS = 3.0
+
+
+class QuorumNotReached(ArtStoreError):
+    """The upload is durable here, but not on enough owners in time."""
+
+    code = "replication_incomplete"
+    status = 503
+    title = "Stored here, not yet on enough nodes"
+
+
+def encode_header(blob: bytes) -> str:
+    return base64.urlsafe_b64encode(blob).decode("ascii")
+
+
+def decode_header(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise E.MalformedEnvelope(f"{HEADER} is not base64url") from None
+
+
+class Replicator:
+    """Owned by a ClusterNode; runs on the daemon's event loop."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.store = cluster.svc.store
+        self.ack_timeout = cluster.svc.config["replication.ack_timeout_seconds"]
+        self._session: aiohttp.ClientSession | None = None
+        self._followers: dict[str, asyncio.Task] = {}
+        self._background: set[asyncio.Task] = set()
+        self._changed = asyncio.Event()
+        self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
+                      "updates_applied": 0, "deletes_applied": 0}
+
+    # --- life -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        loop = asyncio.get_running_loop()
+        # A commit here wakes the long-polls peers hold on our feed.
+        self.store.add_commit_listener(lambda: loop.call_soon_threadsafe(self._changed.set))
+
+    async def stop(self) -> None:
+        tasks = [*self._followers.values(), *self._background]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._followers.clear()
+        if self._session is not None:
+            await self._session.close()
+
+    def roster_changed(self) -> None:
+        """Follow exactly the other roster members (called when a document is applied)."""
+        doc = self.cluster.doc
+        peers = set(doc.roster) - {self.cluster.id} if doc and self.cluster.membership \
+            else set()
+        for peer in set(self._followers) - peers:
+            self._followers.pop(peer).cancel()
+        for peer in peers - set(self._followers):
+            self._followers[peer] = asyncio.get_running_loop().create_task(self._follow(peer))
+        if doc is not None:
+            keys = doc.public_keys()
+            self._spawn(asyncio.get_running_loop().run_in_executor(
+                None, R.remember_node_keys, self.store, keys))
+
+    def _spawn(self, awaitable) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- placement --------------------------------------------------------------------------
+
+    def owners(self, file_id: str) -> list[str]:
+        doc = self.cluster.doc
+        if doc is None:
+            return [self.cluster.id]
+        weights = {n: float(m.get("weight", 1.0)) for n, m in doc.roster.items()}
+        return P.owners(file_id, weights, doc.replication_factor)
+
+    # --- push (the acknowledgement) ---------------------------------------------------------
+
+    async def replicate_upload(self, attr: dict, seq: int | None, ack: str) -> list[str]:
+        """Push a just-committed upload to its other owners; return the nodes holding it
+        durably once ``ack`` is met (this node first).
+
+        ``quorum``: a majority of ``replication_factor`` copies on distinct nodes. An owner
+        that cannot take it is replaced by the next node in the file's ranking, which keeps
+        a hand-off copy (as this node does when it is not an owner): the owners get theirs
+        from the change feed when they are back. ``all``: every owner, no substitutes.
+        Raises QuorumNotReached if ``ack`` is not met within
+        ``replication.ack_timeout_seconds``; pushes under way go on in the background."""
+        me, file_id = self.cluster.id, attr["file_id"]
+        owners = self.owners(file_id)
+        targets = [n for n in owners if n != me]
+        if ack == "local" or not targets:
+            for node in targets:
+                self._spawn(self._push(node, attr, seq))
+            return [me]
+        if ack == "all":
+            needed, spare = len(targets), []
+        else:
+            needed = P.quorum(len(owners)) - 1        # this node's copy counts
+            doc = self.cluster.doc
+            ranking = P.owners(file_id, {n: float(m.get("weight", 1.0))
+                                         for n, m in doc.roster.items()}, len(doc.roster))
+            spare = [n for n in ranking if n not in owners and n != me]
+        holders = [me]
+        # Owners the membership holds dead are replaced at once; an owner that has not
+        # answered within HEDGE_SECONDS (a partition the membership has not noticed yet)
+        # gets a substitute started beside it.
+        live = [n for n in targets if self._reachable(n)]
+        start = live + spare[:len(targets) - len(live)] if ack != "all" else targets
+        spare = [n for n in spare if n not in start]
+        pending = {asyncio.ensure_future(self._push(n, attr, seq)): n for n in start}
+        deadline = time.monotonic() + self.ack_timeout
+        while pending and len(holders) - 1 < needed:
+            now = time.monotonic()
+            wait = min(deadline - now, HEDGE_SECONDS) if spare else deadline - now
+            done, _ = await asyncio.wait(pending, timeout=max(0.0, wait),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                if time.monotonic() >= deadline:
+                    break
+                substitute = spare.pop(0)
+                pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = substitute
+                continue
+            for task in done:
+                node = pending.pop(task)
+                if task.result():
+                    holders.append(node)
+                elif spare:
+                    substitute = spare.pop(0)
+                    pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = \
+                        substitute
+        for task in pending:          # the others go on in the background
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if len(holders) - 1 < needed:
+            raise QuorumNotReached(
+                f"stored durably here, on {len(holders)} of the {needed + 1} nodes ack={ack} "
+                f"needs; it will be replicated when they answer", file_id=file_id,
+                holders=holders)
+        return holders
+
+    def _reachable(self, node: str) -> bool:
+        membership = self.cluster.membership
+        try:
+            return membership is not None and membership.member(node).state == "alive"
+        except KeyError:
+            return False
+
+    async def _push(self, node: str, attr: dict, seq: int | None) -> bool:
+        address = self.cluster.doc.address(node) if self.cluster.doc else None
+        if address is None:
+            return False
+        header = encode_header(self.cluster.signer.pack(
+            {"t": "replica", "attr": attr,
+             "origin": {"node": attr.get("origin_node") or self.cluster.id, "seq": seq}}))
+        try:
+            async with self._session.put(
+                    f"http://{address}{OBJECTS}{attr['file_id']}",
+                    data=self._read_chunks(attr["file_id"]),
+                    headers={HEADER: header, "Content-Type": "application/octet-stream",
+                             "Content-Length": str(attr["file_size"])},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS,
+                                                  sock_read=60)) as resp:
+                body = await resp.read()
+                if resp.status in (200, 201):
+                    self.stats["pushed"] += 1
+                    return True
+                log.warning("push of %s to %s refused: %s %s", attr["file_id"], node,
+                            resp.status, body[:200])
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.info("push of %s to %s failed: %s", attr["file_id"], node, exc)
+        self.stats["push_failures"] += 1
+        return False
+
+    async def _read_chunks(self, file_id: str):
+        loop = asyncio.get_running_loop()
+        _, f = await loop.run_in_executor(None, self.store.open_content, file_id)
+        try:
+            while chunk := await loop.run_in_executor(None, f.read, CHUNK):
+                yield chunk
+        finally:
+            f.close()
+
+    # --- receiving a replica (push or pull) -------------------------------------------------
+
+    async def take_replica(self, attr: dict, origin: dict, pieces) -> dict:
+        """Store the bytes of ``pieces`` (an async iterable) as a replica of ``attr``.
+        Returns what is here afterwards; raises ReplicaRefused, ChecksumMismatch,
+        FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica."""
+        from ..api.upload import stream_to_writer
+        loop = asyncio.get_running_loop()
+        size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
+        writer = await loop.run_in_executor(None, self.store.begin_upload, size)
+        try:
+            await stream_to_writer(pieces, writer)
+            await loop.run_in_executor(None, writer.finish)
+            prepared = await loop.run_in_executor(None, lambda: R.prepare_replica(
+                self.store, writer, attr, origin=origin,
+                verify_signature=self._verify_origin))
+        except BaseException:
+            writer.abort()
+            raise
+        return await asyncio.wrap_future(self.store.commit_upload(prepared))
+
+    def _verify_origin(self, payload: bytes, signature: dict) -> bool:
+        from ..engine.node import verify_signature
+        doc = self.cluster.doc
+        key_id = signature.get("key_id")
+        key = doc.roster.get(key_id, {}).get("key") if doc else None
+        if key is None:
+            key = R.known_node_keys(self.store).get(key_id)
+        return key is not None and verify_signature(key, payload, signature)
+
+    # --- the change feed, served ------------------------------------------------------------
+
+    async def changes(self, after: int, limit: int, wait: float) -> dict:
+        """WAL records after ``after`` (at most ``limit``), waiting up to ``wait`` s for one
+        to exist. {"records": [...], "head": newest sequence}."""
+        deadline = time.monotonic() + wait
+        loop = asyncio.get_running_loop()
+        while True:
+            self._changed.clear()
+            records = await loop.run_in_executor(None, self._read_feed, after, limit)
+            remaining = deadline - time.monotonic()
+            if records or remaining <= 0:
+                head = records[-1]["seq"] if records else after
+                return {"records": records, "head": head}
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _read_feed(self, after: int, limit: int) -> list[dict]:
+        with self.store.view.snapshot() as snap:
+            return snap.wal_after(after, limit)
+
+    # --- the change feed, followed ----------------------------------------------------------
+
+    async def _follow(self, peer: str) -> None:
+        """Apply ``peer``'s records for as long as it is on the roster."""
+        loop = asyncio.get_running_loop()
+        cursor = await loop.run_in_executor(None, R.peer_cursor, self.store, peer)
+        while True:
+            try:
+                batch = await self._fetch_changes(peer, cursor)
+                for record in batch["records"]:
+                    await self._apply(peer, record)
+                    cursor = record["seq"]
+                if batch["records"]:
+                    await loop.run_in_executor(None, R.set_peer_cursor, self.store, peer,
+                                               cursor)
+            except asyncio.CancelledError:
+                raise
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError,
+                    ValueError, KeyError, TypeError) as exc:
+                log.debug("following %s: %s", peer, exc)
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _fetch_changes(self, peer: str, after: int) -> dict:
+        address = self.cluster.doc.address(peer)
+        blob = self.cluster.signer.pack({"t": "changes", "after": after, "limit": FEED_LIMIT,
+                                         "wait": FEED_WAIT})
+        async with self._session.post(
+                f"http://{address}{CHANGES}", data=blob,
+                headers={"Content-Type": "application/msgpack"},
+                timeout=aiohttp.ClientTimeout(total=FEED_WAIT + 10)) as resp:
+            body = await resp.read()
+            if resp.status != 200:
+                raise ValueError(f"{peer} answered {resp.status}: {body[:200]!r}")
+            return msgpack.unpackb(body, raw=False)
+
+    async def _apply(self, peer: str, record: dict) -> None:
+        if record.get("state") != W.COMMITTED:
+            return
+        kind, file_id, data = record.get("kind"), record.get("file_id"), record.get("data") or {}
+        origin = data.get("origin") or {"node": peer, "seq": record["seq"]}
+        loop = asyncio.get_running_loop()
+        if kind == W.FILE_CREATE and self.cluster.id in self.owners(file_id):
+            held = await loop.run_in_executor(None, self.store.view.entry, file_id)
+            gone = await loop.run_in_executor(None, R.is_deleted, self.store, file_id)
+            if held is None and not gone and R.may_take_replicas(self.store):
+                await self._pull(peer, file_id, origin)
+        elif kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
+            result = await loop.run_in_executor(None, lambda: R.apply_update(
+                self.store, data["attr"], origin=origin))
+            if result == R.APPLIED:
+                self.stats["updates_applied"] += 1
+        elif kind == W.FILE_DELETE and file_id:
+            actor = W.Actor(**{k: (record.get("actor") or {}).get(k, "system")
+                               for k in ("id", "name")})
+            result = await loop.run_in_executor(None, lambda: R.apply_delete(
+                self.store, file_id, actor, origin=origin))
+            if result == R.APPLIED:
+                self.stats["deletes_applied"] += 1
+
+    async def _pull(self, peer: str, file_id: str, origin: dict) -> None:
+        address = self.cluster.doc.address(peer)
+        header = encode_header(self.cluster.signer.pack({"t": "fetch", "file_id": file_id}))
+        try:
+            async with self._session.get(
+                    f"http://{address}{OBJECTS}{file_id}", headers={HEADER: header},
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS,
+                                                  sock_read=60)) as resp:
+                if resp.status == 404 or resp.status == 410:
+                    return           # deleted there since: its delete record follows
+                if resp.status != 200:
+                    raise ValueError(f"{peer} answered {resp.status} for {file_id}")
+                attr = json.loads(decode_header(resp.headers[ATTR_HEADER]))
+                await self.take_replica(attr, origin, resp.content.iter_chunked(CHUNK))
+                self.stats["pulled"] += 1
+        except (FileNotFound, FileDeleted):
+            return
+        except ArtStoreError as exc:
+            self.stats["pull_failures"] += 1
+            log.warning("replica of %s from %s refused: %s", file_id, peer, exc.detail)
+
+    def status(self) -> dict:
+        return {**self.stats, "following": sorted(self._followers)}
