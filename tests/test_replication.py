@@ -122,7 +122,7 @@ def test_a_killed_node_catches_up_with_nothing_missing_or_doubled(cluster):
                 elif p.status != 503:
                     errors.append(("patch", p.status, p.body[:200]))
             elif not (r.status == 503 and node == victim):
-                errors.append(("upload", node, r.status, r.body[:200]))
+                errors.append(("upload", node, r.status, r.body[:600]))
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
     for t in threads:

@@ -156,13 +156,18 @@ class Replicator:
                                          for n, m in doc.roster.items()}, len(doc.roster))
             spare = [n for n in ranking if n not in owners and n != me]
         holders = [me]
-        # Owners the membership holds dead are replaced at once; an owner that has not
-        # answered within HEDGE_SECONDS (a partition the membership has not noticed yet)
-        # gets a substitute started beside it.
-        live = [n for n in targets if self._reachable(n)]
-        start = live + spare[:len(targets) - len(live)] if ack != "all" else targets
-        spare = [n for n in spare if n not in start]
+        # Owners the membership does not hold alive go to the back of the queue, behind
+        # the substitutes (they are still tried: a suspicion may be wrong); an owner that
+        # has not answered within HEDGE_SECONDS (a partition the membership has not
+        # noticed yet) gets the next candidate started beside it.
+        if ack != "all":
+            live = [n for n in targets if self._reachable(n)]
+            queue = live + spare + [n for n in targets if n not in live]
+            start, spare = queue[:len(targets)], queue[len(targets):]
+        else:
+            start = targets
         pending = {asyncio.ensure_future(self._push(n, attr, seq)): n for n in start}
+        tried: dict[str, bool | None] = dict.fromkeys(start)
         deadline = time.monotonic() + self.ack_timeout
         while pending and len(holders) - 1 < needed:
             now = time.monotonic()
@@ -174,15 +179,18 @@ class Replicator:
                     break
                 substitute = spare.pop(0)
                 pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = substitute
+                tried[substitute] = None
                 continue
             for task in done:
                 node = pending.pop(task)
-                if task.result():
+                tried[node] = task.result()
+                if tried[node]:
                     holders.append(node)
                 elif spare:
                     substitute = spare.pop(0)
                     pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = \
                         substitute
+                    tried[substitute] = None
         for task in pending:          # the others go on in the background
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -190,7 +198,7 @@ class Replicator:
             raise QuorumNotReached(
                 f"stored durably here, on {len(holders)} of the {needed + 1} nodes ack={ack} "
                 f"needs; it will be replicated when they answer", file_id=file_id,
-                holders=holders)
+                holders=holders, tried=tried)
         return holders
 
     def _reachable(self, node: str) -> bool:
