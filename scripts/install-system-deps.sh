@@ -9,22 +9,31 @@
 # loop-mounted ext4 or XFS image. systemd: the tests run systemd-analyze verify on the units.
 # make: the README's commands. iproute2 (ip), nftables (nft): tests/netns.py puts cluster
 # nodes in network namespaces on a bridge and cuts links or drops packets between them.
+# etcd-server, etcd-client (etcd, etcdctl): the tests of the etcd cluster authority start
+# their own three-member etcd cluster on loopback (tests/etcd_lab.py).
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
           swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make
-          iproute2 nftables)
+          iproute2 nftables etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "installing Debian packages: ${missing[*]}" >&2
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The services below run even when the packages were installed by someone else (.ci/run
+# installs them first): stopping them is idempotent and quick.
 # Debian starts the nginx and prometheus it installs; we need only their binaries.
 for service in nginx prometheus; do
   $sudo systemctl disable --now "$service" >/dev/null 2>&1 || $sudo pkill -x "$service" || true
 done
+# Likewise the etcd it enables on port 2379: the tests start their own members on free
+# ports. (No pkill fallback: it would also kill the members of a test run in progress.)
+$sudo systemctl disable --now etcd >/dev/null 2>&1 || $sudo service etcd stop >/dev/null 2>&1 \
+  || true
