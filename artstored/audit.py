@@ -40,6 +40,9 @@ def event(record: dict) -> dict:
            "file_id": record.get("file_id"), "data": _jsonable(data),
            "prev": record["prev"].hex()}
     premis = data.get("premis_event_type") if isinstance(data, dict) else None
+    if premis is None and record["kind"] == "file.create" and isinstance(data, dict) \
+            and data.get("origin"):
+        premis = "replication"      # a copy of a file first stored on another node
     premis = premis or PREMIS_EVENT_TYPES.get(record["kind"])
     if premis:
         out["premis"] = {"event_type": premis,

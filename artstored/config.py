@@ -119,6 +119,9 @@ KEYS: tuple[Key, ...] = (
     Key("replication", "ack_timeout_seconds", "float", 30.0,
         "how long an upload waits for its copies before it is answered 503 (the file stays "
         "stored here and is replicated later)", minimum=1),
+    Key("replication", "repair_interval_seconds", "float", 3600.0,
+        "how often a full anti-entropy pass checks that every owner of each file held here "
+        "has it (also soon after any roster change, and on request)", minimum=1),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "

@@ -22,6 +22,7 @@ from aiohttp import web
 from . import __version__, config as C, logs, sdnotify
 from .api.app import build_app
 from .api.state import Services
+from .changefeed import ChangeFeed
 from .auth.accounts import AccountStore
 from .auth.keys import KeyRing
 from .auth.throttle import FailureTally, LoginThrottle, SuccessCache
@@ -327,6 +328,7 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         stats = svc.store.stats()
         sdnotify.notify(f"READY=1\nSTATUS=ready: mode {svc.store.mode}, "
                         f"{stats['files']} files, listening on {host}:{port}")
+        svc.feed = ChangeFeed(svc.store)
         if cfg["cluster.enabled"] or cfg["cluster.seeds"]:
             from .cluster.node import ClusterNode
             svc.cluster = ClusterNode(svc, svc.store.node, cfg)

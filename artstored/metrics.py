@@ -161,6 +161,26 @@ def _cluster_metrics(cluster):
             ("artstore_cluster_send_failures", "send_failures",
              "Cluster messages that could not be delivered")):
         yield CounterMetricFamily(name, doc, value=stats[key])
+    if cluster.replicator is not None:
+        rep = cluster.replicator
+        for name, key, doc in (
+                ("artstore_replication_pushed", "pushed", "Replicas pushed to owners"),
+                ("artstore_replication_pulled", "pulled", "Replicas fetched from peers"),
+                ("artstore_replication_push_failures", "push_failures",
+                 "Pushes that did not end durable on the peer"),
+                ("artstore_replication_pull_failures", "pull_failures",
+                 "Fetched replicas refused (size, checksum, signature)")):
+            yield CounterMetricFamily(name, doc, value=rep.stats[key])
+        last = rep.repairer.last_full_pass or {}
+        yield GaugeMetricFamily("artstore_replication_last_full_pass_timestamp_seconds",
+                                "When the last complete anti-entropy pass finished (0: never)",
+                                value=last.get("finished_at", 0))
+        yield GaugeMetricFamily("artstore_replication_under_replicated_files",
+                                "Copies owners lacked in the last anti-entropy pass",
+                                value=last.get("missing_copies", 0))
+        yield CounterMetricFamily("artstore_replication_restored",
+                                  "Quarantined files restored from another node",
+                                  value=rep.repairer.restored)
     refused = CounterMetricFamily("artstore_cluster_refused",
                                   "Cluster messages and documents refused, by reason code",
                                   labels=["reason"])

@@ -150,7 +150,7 @@ class IndexFollower:
         if kind in (W.FILE_CREATE, W.FILE_UPDATE) and record["data"].get("attr"):
             self.writer.delete_documents_by_term("file_id", file_id)
             self.writer.add_document(D.file_document(record["data"]["attr"]))
-        elif kind == W.FILE_DELETE:
+        elif kind in (W.FILE_DELETE, W.FILE_RELEASE):
             self.writer.delete_documents_by_term("file_id", file_id)
         elif kind == W.CATALOG_REBUILD:
             return True

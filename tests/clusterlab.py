@@ -29,22 +29,35 @@ class Cluster:
         self.token = ""
         self.ids: list[str] = []
 
-    def start(self) -> "Cluster":
-        """Start every node, admit the members, wait until all see all alive."""
+    def start(self, count: int | None = None) -> "Cluster":
+        """Start the first ``count`` nodes (default all), admit the members, wait until
+        all see all alive."""
         admin = self.nodes[0].start()
         self.token = admin.admin_token()
         self.ids = [self.node_id(0)]
-        for i, d in enumerate(self.nodes[1:], 1):
-            d.start()
-            nid = self.node_id(i)
-            wait_until(lambda nid=nid: nid in [r["node_id"] for r in
-                                               self.status(0)["join_requests"]],
-                       15, f"join request of node {i}")
-            r = self.api(0).request("PUT", f"/api/v1/cluster/members/{nid}")
-            assert r.status == 200, r.body
-            self.ids.append(nid)
+        for i in range(1, count or len(self.nodes)):
+            self.add(i, wait=False)
         self.wait_all_alive()
         return self
+
+    def add(self, i: int, wait: bool = True) -> str:
+        """Start node i, admit it on the admin; its node id."""
+        self.nodes[i].start()
+        nid = self.node_id(i)
+        wait_until(lambda: nid in [r["node_id"] for r in self.status(0)["join_requests"]],
+                   15, f"join request of node {i}")
+        r = self.api(0).request("PUT", f"/api/v1/cluster/members/{nid}")
+        assert r.status == 200, r.body
+        self.ids.append(nid)
+        if wait:
+            self.wait_all_alive()
+        return nid
+
+    def remove(self, i: int) -> None:
+        """Take node i off the roster (it keeps running, waiting to join again)."""
+        r = self.api(0).request("DELETE", f"/api/v1/cluster/members/{self.ids[i]}")
+        assert r.status == 200, r.body
+        self.ids[i] = None
 
     def node_id(self, i: int) -> str:
         with open(os.path.join(self.nodes[i].data_dir, "node.json")) as f:
@@ -62,11 +75,17 @@ class Cluster:
     def states(self, i: int) -> dict[str, str]:
         return {m["node_id"]: m["state"] for m in self.status(i)["members"]}
 
+    @property
+    def members(self) -> list[int]:
+        """Indexes of the nodes on the roster."""
+        return [i for i, nid in enumerate(self.ids) if nid is not None]
+
     def wait_all_alive(self, timeout: float = 60) -> None:
-        for i in range(len(self.nodes)):
+        roster = {self.ids[i] for i in self.members}
+        for i in self.members:
             if self.nodes[i].proc is None or self.nodes[i].proc.poll() is not None:
                 continue
-            wait_until(lambda i=i: set(self.states(i)) == set(self.ids) and
+            wait_until(lambda i=i: set(self.states(i)) == roster and
                        set(self.states(i).values()) == {"alive"}, timeout,
                        f"every member alive as node {i} sees it")
 

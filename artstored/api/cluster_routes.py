@@ -22,7 +22,9 @@ from ..replication.envelope import MAX_ENVELOPE_BYTES
 
 from ..auth import roles as R
 from ..cluster import replicator as RP
+from ..cluster.repair import missing_here
 from ..engine.errors import BadRequest, NotFound, UploadTooLarge, ValidationError
+from . import download
 from .app import actor_of, public, requires
 from .responses import json_response, read_json
 from .state import blocking, services
@@ -100,25 +102,27 @@ async def put_replica(request: web.Request) -> web.Response:
                           "version": attr.get("version")}, status=201)
 
 
+def _attr_header(attr: dict) -> str:
+    return RP.encode_header(json.dumps(attr).encode("utf-8"))
+
+
 @public
 async def get_replica(request: web.Request) -> web.StreamResponse:
-    """A file's bytes and attr, for a member that owns it and lacks it."""
+    """A file's bytes (with the download's Range and ETag rules) and its attr, for a
+    member that lacks it; ``?meta=1``: the attr only."""
     svc = services(request)
     cluster = _cluster(request)
     file_id = _path_file_id(request, _signed(request, cluster, "fetch"))
-    entry, f = await blocking(svc.store.open_content, file_id)
-    try:
-        response = web.StreamResponse(headers={
-            RP.ATTR_HEADER: RP.encode_header(json.dumps(entry.attr).encode("utf-8")),
-            "Content-Type": "application/octet-stream"})
-        response.content_length = entry.size
-        await response.prepare(request)
-        while chunk := await blocking(f.read, RP.CHUNK):
-            await response.write(chunk)
-        await response.write_eof()
+    if request.query.get("meta") == "1":
+        entry = await blocking(svc.store.get, file_id)
+        return web.Response(status=200, headers={RP.ATTR_HEADER: _attr_header(entry.attr)})
+
+    def open_and_build():
+        entry, fobj = svc.store.open_content(file_id)
+        response = download.build_response(request, entry.attr, fobj)
+        response.headers[RP.ATTR_HEADER] = _attr_header(entry.attr)
         return response
-    finally:
-        f.close()
+    return await blocking(open_and_build)
 
 
 @public
@@ -135,6 +139,36 @@ async def changes(request: web.Request) -> web.Response:
     batch = await cluster.replicator.changes(after, limit, float(wait))
     return web.Response(body=msgpack.packb(batch, use_bin_type=True),
                         content_type="application/msgpack")
+
+
+@public
+async def have(request: web.Request) -> web.Response:
+    """Which of the files a member names this node lacks (for anti-entropy)."""
+    svc = services(request)
+    cluster = _cluster(request)
+    message = cluster.open_request(await _envelope(request)).message
+    ids = message.get("ids") if isinstance(message, dict) and message.get("t") == "have" \
+        else None
+    if not isinstance(ids, list) or len(ids) > 10_000:
+        raise BadRequest("send {t: have, ids: [...]} (at most 10,000)",
+                         code="envelope_malformed")
+    missing = await blocking(missing_here, svc.store, ids)
+    answer = {"missing": missing, "document_version": cluster.doc.version}
+    return web.Response(body=msgpack.packb(answer, use_bin_type=True),
+                        content_type="application/msgpack")
+
+
+@requires(R.OPERATOR, R.STORAGE_WRITE)
+async def repair(request: web.Request) -> web.Response:
+    """Start an anti-entropy pass now: over everything, or ``{"file_ids": [...]}`` first."""
+    cluster = _cluster(request)
+    body = await read_json(request) if request.can_read_body else {}
+    ids = body.get("file_ids") if isinstance(body, dict) else None
+    if ids is not None and (not isinstance(ids, list) or len(ids) > 100_000 or
+                            not all(isinstance(i, str) and len(i) <= 64 for i in ids)):
+        raise ValidationError("file_ids must be a list of file ids", code="invalid_repair")
+    cluster.replicator.repairer.request(ids or None)
+    return json_response({"queued": True, "file_ids": len(ids or [])}, status=202)
 
 
 @requires(R.USER, R.STORAGE_READ)
@@ -182,6 +216,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_put("/cluster/v1/objects/{file_id}", put_replica)
     router.add_get("/cluster/v1/objects/{file_id}", get_replica)
     router.add_post("/cluster/v1/changes", changes)
+    router.add_post("/cluster/v1/have", have)
+    router.add_post("/api/v1/cluster/repair", repair)
     router.add_get("/api/v1/cluster", status)
     router.add_put("/api/v1/cluster/members/{node_id}", admit)
     router.add_delete("/api/v1/cluster/members/{node_id}", remove)

@@ -12,7 +12,9 @@ from ..engine import attrs as A
 from ..engine import catalog, replica
 from ..engine.node import b64url
 from ..engine import modes as M
-from ..engine.errors import BadRequest, NotReady, PreconditionFailed, ValidationError
+from ..cluster import reads
+from ..engine.errors import (BadRequest, FileNotFound, NotReady, PreconditionFailed,
+                             ValidationError)
 from . import download
 from .params import ascii_int
 from .app import actor_of, requires
@@ -76,11 +78,25 @@ async def list_files(request: web.Request) -> web.Response:
 async def get_file(request: web.Request) -> web.Response:
     svc = services(request)
     svc.store.require(M.READ_METADATA)
-    entry = await blocking(svc.store.get, request.match_info["file_id"])
-    etag = metadata_etag(entry.attr)
+    file_id = request.match_info["file_id"]
+    headers = {}
+    try:
+        attr = (await blocking(svc.store.get, file_id)).attr
+    except FileNotFound:
+        if not _in_cluster(svc):
+            raise
+        # Not held here: from a node that holds it.
+        node, attr = await reads.fetch_attr(svc.cluster, svc.cluster.replicator.session,
+                                            file_id)
+        headers[reads.SERVED_BY] = node
+    etag = metadata_etag(attr)
     if request.headers.get("If-None-Match", "").strip() == etag:
-        return web.Response(status=304, headers={"ETag": etag})
-    return json_response(entry.attr, headers={"ETag": etag})
+        return web.Response(status=304, headers={"ETag": etag, **headers})
+    return json_response(attr, headers={"ETag": etag, **headers})
+
+
+def _in_cluster(svc) -> bool:
+    return svc.cluster is not None and svc.cluster.membership is not None
 
 
 @requires(R.USER, R.FILES_READ)
@@ -89,7 +105,13 @@ async def download_file(request: web.Request) -> web.StreamResponse:
     def open_and_build():
         entry, fobj = svc.store.open_content(request.match_info["file_id"])
         return download.build_response(request, entry.attr, fobj)
-    return await blocking(open_and_build)
+    try:
+        return await blocking(open_and_build)
+    except FileNotFound:
+        if not _in_cluster(svc):
+            raise
+        return await reads.proxy_download(svc.cluster, svc.cluster.replicator.session,
+                                          request, request.match_info["file_id"])
 
 
 def _expected_version(request: web.Request) -> int | None:

@@ -189,6 +189,11 @@ SCHEMAS = {
     "Element": obj(("node_id", "mode"), node_id=S, name=S,
                    mode={"enum": ["edit", "rw", "ro", "ar"]}, capacity={"type": "object"},
                    files=I, bytes_stored=I, max_upload_bytes=I),
+    "ChangePage": obj(("items", "next_after"), next_after=I,
+                      items={"type": "array", "items": obj(
+                          ("seq", "kind", "file_id"), seq=I, file_id=S,
+                          kind={"enum": ["file.create", "file.update", "file.delete"]},
+                          attr={"type": "object"}, actor={"type": "object"})}),
     "Cluster": obj(("enabled", "node_id", "state", "members"), enabled=B, node_id=S,
                    state={"enum": ["single", "pending", "member"]},
                    members={"type": "array", "items": {"type": "object"}},
@@ -260,6 +265,15 @@ def _files() -> dict:
                       params=(limit(100), CURSOR, ORDER), errors=(400, 409),
                       op_id="listFiles"),
         },
+        "/api/v1/changes": {"get": op(
+            "File events in commit order after a sequence (long-poll, or Server-Sent Events "
+            "with Accept: text/event-stream)", tag, read,
+            {"200": ok("Events", ref("ChangePage"))},
+            params=(q("after", "WAL sequence to start after (or the Last-Event-ID header)",
+                      {"type": "integer", "minimum": 0}),
+                    limit(100), q("wait", "seconds to wait for an event, 0-60",
+                                  {"type": "integer", "minimum": 0, "maximum": 60})),
+            errors=(400,), op_id="changes")},
         "/api/v1/files/{file_id}": {
             "parameters": [FILE_ID],
             "get": op("A file's record", tag, read, {
@@ -309,6 +323,8 @@ def _files() -> dict:
                     q("created_by", "creator's client id"),
                     q("size_min", "bytes", {"type": "integer", "minimum": 0}),
                     q("size_max", "bytes", {"type": "integer", "minimum": 0}),
+                    q("scope", "local (default) or cluster: every live member asked, hits "
+                      "merged by file id, one page", {"enum": ["local", "cluster"]}),
                     q("sort", "relevance (default with q) or created_at",
                       {"enum": ["relevance", "created_at"]}),
                     ORDER, limit(20), CURSOR),
@@ -398,6 +414,16 @@ def _cluster() -> dict:
             None, {"200": ok("Records", {"type": "object"}, "application/msgpack")},
             request=envelope, errors=(400, 401, 403, 404, 409, 413, 422, 503),
             op_id="changeFeed")},
+        "/cluster/v1/have": {"post": op(
+            "Which of the named files this node lacks (signed envelope; anti-entropy)", tag,
+            None, {"200": ok("The missing ones", {"type": "object"}, "application/msgpack")},
+            request=envelope, errors=(400, 401, 403, 404, 409, 413, 503), op_id="have")},
+        "/api/v1/cluster/repair": {"post": op(
+            "Start an anti-entropy pass now (all files held here, or file_ids first)", tag,
+            (R.OPERATOR, R.STORAGE_WRITE), {"202": ok("Queued", {"type": "object"})},
+            request=body({"type": "object", "properties": {"file_ids": STRINGS}},
+                         required=False), errors=(400, 404, 413, 422),
+            op_id="repairNow")},
         "/cluster/v1/join": {"post": op(
             "A node asks to join (a self-signed envelope); answers the cluster document",
             tag, None, {"200": ok("The document this node holds", S, "application/msgpack")},

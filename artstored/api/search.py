@@ -15,6 +15,7 @@ import re
 from aiohttp import web
 
 from ..auth import roles as R
+from ..cluster import search as cluster_search
 from ..engine import modes as M
 from ..engine.errors import BadRequest
 from ..index.search import SearchRequest
@@ -25,7 +26,7 @@ from .state import blocking, services
 
 MAX_LIMIT = 1000
 PARAMS = {"q", "created_from", "created_to", "content_type", "created_by", "size_min",
-          "size_max", "sort", "order", "limit", "cursor"}
+          "size_max", "sort", "order", "limit", "cursor", "scope"}
 
 
 def _int_param(name: str, value: str, low: int, high: int, code: str) -> int:
@@ -108,7 +109,21 @@ async def search(request: web.Request) -> web.Response:
     svc = services(request)
     svc.store.require(M.READ_METADATA)
     req = parse_request(request.query)
-    return json_response(await blocking(run_search, svc, req))
+    scope = request.query.get("scope", "local")
+    if scope not in ("local", "cluster"):
+        raise BadRequest("scope must be local or cluster", code="invalid_scope")
+    if scope == "cluster" and req.cursor is not None:
+        raise BadRequest("cluster-wide results are one page: a cursor belongs to one node",
+                         code="invalid_cursor")
+    local = await blocking(run_search, svc, req)
+    if scope == "local" or svc.cluster is None or svc.cluster.membership is None:
+        return json_response(local)
+    query = [(k, v) for k, v in request.query.items() if k != "scope"]
+    return json_response(await cluster_search.fan_out(
+        svc.cluster, svc.cluster.replicator.session, query,
+        request.headers.get("Authorization", ""), local,
+        sort=req.sort or ("relevance" if req.q else "created_at"), order=req.order,
+        limit=req.limit))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

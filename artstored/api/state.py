@@ -21,6 +21,7 @@ class Services:
     token_policy: object = None   # what says a verified token may be used (default: accounts;
                                   # cluster.tokens.DocumentAccounts on a member)
     cluster: object = None        # cluster.node.ClusterNode when [cluster] is on
+    feed: object = None           # changefeed.ChangeFeed: the WAL, followed
     tokens: object = None         # auth.tokens.TokenService
     keyring: object = None        # auth.keys.KeyRing
     throttle: object = None       # auth.throttle.LoginThrottle

@@ -24,11 +24,11 @@ from ..engine import modes as M
 from ..engine.errors import BadRequest, UploadTooLarge, ValidationError
 from ..engine.store import UploadRequest
 from ..engine.wal import Actor
+from ..streaming import stream_to_writer
 from .multipart import MultipartStream, boundary_of
 from .params import ascii_int
 from .state import blocking
 
-BATCH_BYTES = 1 << 20
 # A request this small is read into memory and handed to the group commit as bytes: the
 # request does no disk I/O and no thread hop (the committer writes its files with the
 # batch), and a file creation that stalls behind a journal commit never blocks the loop.
@@ -67,27 +67,6 @@ def _parse_field(name: str, raw: bytes, fields: dict) -> None:
             raise ValidationError("sha256 must be 64 hexadecimal digits",
                                   code="invalid_checksum")
         fields[name] = text.strip().lower()
-
-
-async def stream_to_writer(pieces, writer) -> None:
-    """Write an async iterable of byte pieces to an upload writer in ~1 MiB batches, one
-    batch in a worker thread while the next is received. Raises what the writer raises."""
-    loop = asyncio.get_running_loop()
-    batch: list[memoryview] = []
-    size = 0
-    in_flight = None
-    async for piece in pieces:
-        batch.append(piece)
-        size += len(piece)
-        if size >= BATCH_BYTES:
-            if in_flight is not None:
-                await in_flight
-            in_flight = loop.run_in_executor(None, writer.write_many, batch)
-            batch, size = [], 0
-    if in_flight is not None:
-        await in_flight
-    if batch:
-        await blocking(writer.write_many, batch)
 
 
 async def receive_upload(request: web.Request, store, actor: Actor, max_field_bytes: int):

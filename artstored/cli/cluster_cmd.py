@@ -30,6 +30,14 @@ def _status_text(c: dict) -> str:
     for r in c.get("join_requests") or []:
         lines.append(f"join request: {r['node_id']} ({r['name']}) at {r['address']} — "
                      f"admit with: artstore cluster join {r['node_id']}")
+    rep = c.get("replication") or {}
+    last = (rep.get("anti_entropy") or {}).get("last_full_pass")
+    if rep:
+        lines.append(f"replication pushed {rep.get('pushed', 0)}, pulled {rep.get('pulled', 0)}, "
+                     f"failures {rep.get('push_failures', 0)}+{rep.get('pull_failures', 0)}; "
+                     + (f"last anti-entropy pass: {last['files']} files, "
+                        f"{last['missing_copies']} copies missing, {last['pushed']} pushed"
+                        if last else "no anti-entropy pass yet"))
     if c.get("refused"):
         lines.append("refused   " + ", ".join(f"{k} {v}" for k, v in sorted(c["refused"].items())))
     return "\n".join(lines)
@@ -62,6 +70,14 @@ def cmd_mode(args) -> int:
     return 0
 
 
+def cmd_repair(args) -> int:
+    body = {"file_ids": args.file_ids} if args.file_ids else None
+    answer = make_client(args).request("POST", "/api/v1/cluster/repair", json_body=body)
+    emit(args, answer, lambda a: "anti-entropy pass queued"
+         + (f" for {a['file_ids']} files" if a["file_ids"] else ""))
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("cluster", help="the cluster: members, roster, modes")
     csub = p.add_subparsers(dest="cluster_command", required=True)
@@ -75,6 +91,11 @@ def register(sub) -> None:
         add_remote_options(s)
         s.add_argument("node_id", help="n- and 16 hex digits, as `cluster status` shows")
         s.set_defaults(func=func)
+    s = csub.add_parser("repair", help="check now that every owner of the files held here "
+                                       "has them, and give them the ones they lack")
+    add_remote_options(s)
+    s.add_argument("file_ids", nargs="*", help="only these files (default: all held here)")
+    s.set_defaults(func=cmd_repair)
     s = csub.add_parser("mode", help="set a member's mode (admin node); the element applies "
                                      "and records it")
     add_remote_options(s)

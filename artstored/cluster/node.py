@@ -20,7 +20,6 @@ not sign checks tokens by it (``cluster.tokens``), not by its own account store.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import random
@@ -34,11 +33,12 @@ from ..replication import envelope as E
 from ..replication.swim import Membership, SwimConfig
 
 from ..auth.tokens import TokenService
-from ..engine import durable
 from ..engine import wal as W
 from ..engine.errors import ArtStoreError, Conflict
 from ..engine.node import node_id_of
 from .authority import Authority, token_keys_of
+from .files import ClusterFiles
+from .report import status_of
 from .replicator import Replicator
 from .tokens import DocumentAccounts, DocumentKeys
 from .transport import Transport
@@ -82,14 +82,14 @@ class ClusterNode:
         self.pinned = _pinned_keys(cfg["cluster.admin_key"])
         self.token_issuer = cfg["auth.issuer"] or f"artstore:{self.id}"
         self.swim_config = swim_config or SwimConfig.lan()
-        self.dir = os.path.join(svc.store.data_dir, "cluster")
         self.started_at = time.time()
         self.signer = E.Signer(self.id, identity.key)
         self.replay = E.ReplayState(not_before=self.started_at - 1.0)
         self.join_replay = E.ReplayState(not_before=self.started_at - 1.0)
         self.transport = Transport(timeout=max(1.0, self.swim_config.probe_interval),
                                    on_refused=self._peer_refused)
-        self.doc: D.Document | None = self._load_document()
+        self.files = ClusterFiles(os.path.join(svc.store.data_dir, "cluster"))
+        self.doc: D.Document | None = self.files.load_document()
         self.authority = Authority(self.id, identity.key, self.doc) \
             if self.role == "admin" else None
         self.membership: Membership | None = None
@@ -102,7 +102,6 @@ class ClusterNode:
         self._lock = asyncio.Lock()          # one document change at a time
         self._task: asyncio.Task | None = None
         self._stopping = False
-        self._persisted = self.doc.version if self.doc else None
         self._keys = DocumentKeys(lambda: self.doc)
         self._accounts = DocumentAccounts(lambda: self.doc)
         self._refresh_now = False
@@ -151,7 +150,7 @@ class ClusterNode:
                 first = self.authority.bootstrap(
                     time.time(), address=self.advertise, name=self.identity.name,
                     token_issuer=self.token_issuer, replication_factor=self.replication_factor)
-                await self._persist(first)
+                await self.files.persist(first)
                 self.doc = first
                 self.authority.adopt(first)
             log.info("cluster bootstrapped: %s is its admin (document v1)", self.id)
@@ -343,7 +342,7 @@ class ClusterNode:
                 await self._apply(doc)
 
     async def _apply(self, doc: D.Document) -> None:
-        await self._persist(doc)
+        await self.files.persist(doc)
         if self.authority is not None:
             self.authority.adopt(doc)
         now = time.monotonic()
@@ -379,7 +378,7 @@ class ClusterNode:
         entry = doc.modes.get(self.id)
         if entry is None:
             return
-        applied = self._read_state().get("mode_applied_at", 0.0)
+        applied = self.files.read_state().get("mode_applied_at", 0.0)
         if entry["at"] <= applied:
             return
         actor = W.Actor(entry["by"]["id"], entry["by"]["name"], "admin")
@@ -400,7 +399,7 @@ class ClusterNode:
                                         "applied": False, "code": exc.code}))
             log.warning("mode %s from document v%s refused: %s", entry["mode"],
                         doc.version, exc.detail)
-        await self._write_state({"mode_applied_at": entry["at"]})
+        await self.files.write_state({"mode_applied_at": entry["at"]})
 
     # --- the authority ----------------------------------------------------------------------
 
@@ -452,7 +451,7 @@ class ClusterNode:
 
     async def _publish(self, doc: D.Document, event: str | None, actor, data) -> None:
         """Persist (and audit) a document this admin signed, then spread it."""
-        await self._persist(doc)
+        await self.files.persist(doc)
         if event is not None:
             await asyncio.get_running_loop().run_in_executor(
                 None, lambda: self.svc.store.record_event(
@@ -465,77 +464,11 @@ class ClusterNode:
         if previous is None or previous.roster != doc.roster or previous.modes != doc.modes:
             await self._apply(doc)
 
-    # --- persistence ------------------------------------------------------------------------
-
-    def _load_document(self) -> D.Document | None:
-        try:
-            with open(os.path.join(self.dir, "document.bin"), "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            return None
-        doc = D.parse(blob)
-        if not doc.signed_by_admin_of(doc):
-            raise D.ForgedDocument(f"{self.dir}/document.bin: signature does not verify")
-        return doc
-
-    async def _persist(self, doc: D.Document) -> None:
-        if self._persisted is not None and doc.version <= self._persisted:
-            return
-        path = os.path.join(self.dir, "document.bin")
-        await asyncio.get_running_loop().run_in_executor(None, self._write, path, doc.blob)
-        self._persisted = doc.version
-
-    def _write(self, path: str, data: bytes) -> None:
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        durable.atomic_write(path, data, mode=0o600)
-
-    def _read_state(self) -> dict:
-        try:
-            with open(os.path.join(self.dir, "state.json"), "rb") as f:
-                return json.load(f)
-        except (FileNotFoundError, ValueError):
-            return {}
-
-    async def _write_state(self, changes: dict) -> None:
-        state = {**self._read_state(), **changes}
-        await asyncio.get_running_loop().run_in_executor(
-            None, self._write, os.path.join(self.dir, "state.json"),
-            json.dumps(state).encode() + b"\n")
-
     # --- what the API shows -----------------------------------------------------------------
 
     def status(self) -> dict:
         """The cluster as this node sees it (``GET /api/v1/cluster``)."""
-        now = time.monotonic()
-        doc = self.doc
-        members = []
-        view = self.membership.members() if self.membership is not None else {}
-        for node, m in sorted((doc.roster if doc else {}).items()):
-            info = view.get(node)
-            held = doc.version if node == self.id else self.peer_doc_version.get(node)
-            heard = self.peer_heard_at.get(node)
-            members.append({
-                "node_id": node, "name": m["name"], "address": m["address"],
-                "role": m["role"], "state": info.state if info else "unknown",
-                "incarnation": info.incarnation if info else None,
-                # since == 0: the state it started in, never changed
-                "state_for_seconds": round(now - info.since, 3)
-                if info and info.since and node != self.id else None,
-                "document_version": held,
-                "document_lag": None if held is None else doc.version - held,
-                "last_heard_seconds_ago": None if heard is None else round(now - heard, 3),
-            })
-        out = {"enabled": True, "node_id": self.id, "role": self.role, "state": self.state,
-               "authority": self.is_authority, "address": self.advertise,
-               "document": doc.summary() if doc else None, "members": members,
-               "mode_from_cluster": self.mode_result,
-               "refused": dict(self.refused), "transport": dict(self.transport.stats),
-               "replication": self.replicator.status() if self.replicator else None,
-               "swim": self.membership.statistics() if self.membership else None}
-        if self.is_authority:
-            self.authority.expire_joins(time.time())
-            out["join_requests"] = [r.as_dict() for r in self.authority.joins.values()]
-        return out
+        return status_of(self)
 
 
 def _pinned_keys(text: str) -> dict[str, bytes] | None:

@@ -31,10 +31,12 @@ import aiohttp
 import msgpack
 
 from ..engine import replica as R
+from ..streaming import stream_to_writer
 from ..engine import wal as W
 from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
 from ..replication import envelope as E
 from ..replication import placement as P
+from .repair import ROSTER_SETTLE_SECONDS, Repairer
 
 log = logging.getLogger("artstored.cluster.replication")
 
@@ -79,7 +81,7 @@ class Replicator:
         self._session: aiohttp.ClientSession | None = None
         self._followers: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
-        self._changed = asyncio.Event()
+        self.repairer = Repairer(self, cluster.svc.config["replication.repair_interval_seconds"])
         self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
                       "updates_applied": 0, "deletes_applied": 0}
 
@@ -87,11 +89,10 @@ class Replicator:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(auto_decompress=False)
-        loop = asyncio.get_running_loop()
-        # A commit here wakes the long-polls peers hold on our feed.
-        self.store.add_commit_listener(lambda: loop.call_soon_threadsafe(self._changed.set))
+        self.repairer.start()
 
     async def stop(self) -> None:
+        await self.repairer.stop()
         tasks = [*self._followers.values(), *self._background]
         for task in tasks:
             task.cancel()
@@ -99,6 +100,11 @@ class Replicator:
         self._followers.clear()
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The HTTP client this node uses towards its peers."""
+        return self._session
 
     def roster_changed(self) -> None:
         """Follow exactly the other roster members (called when a document is applied)."""
@@ -109,12 +115,16 @@ class Replicator:
             self._followers.pop(peer).cancel()
         for peer in peers - set(self._followers):
             self._followers[peer] = asyncio.get_running_loop().create_task(self._follow(peer))
+        if peers:
+            # A join, a leave: files change owners; a pass gives the new owners theirs.
+            self.repairer.request(delay=ROSTER_SETTLE_SECONDS)
         if doc is not None:
             keys = doc.public_keys()
-            self._spawn(asyncio.get_running_loop().run_in_executor(
+            self.spawn(asyncio.get_running_loop().run_in_executor(
                 None, R.remember_node_keys, self.store, keys))
 
-    def _spawn(self, awaitable) -> None:
+    def spawn(self, awaitable) -> None:
+        """Run ``awaitable`` in the background, cancelled at stop."""
         task = asyncio.ensure_future(awaitable)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -145,7 +155,7 @@ class Replicator:
         targets = [n for n in owners if n != me]
         if ack == "local" or not targets:
             for node in targets:
-                self._spawn(self._push(node, attr, seq))
+                self.spawn(self.push(node, attr, seq))
             return [me]
         if ack == "all":
             needed, spare = len(targets), []
@@ -166,7 +176,7 @@ class Replicator:
             start, spare = queue[:len(targets)], queue[len(targets):]
         else:
             start = targets
-        pending = {asyncio.ensure_future(self._push(n, attr, seq)): n for n in start}
+        pending = {asyncio.ensure_future(self.push(n, attr, seq)): n for n in start}
         tried: dict[str, bool | None] = dict.fromkeys(start)
         deadline = time.monotonic() + self.ack_timeout
         while pending and len(holders) - 1 < needed:
@@ -178,7 +188,7 @@ class Replicator:
                 if time.monotonic() >= deadline:
                     break
                 substitute = spare.pop(0)
-                pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = substitute
+                pending[asyncio.ensure_future(self.push(substitute, attr, seq))] = substitute
                 tried[substitute] = None
                 continue
             for task in done:
@@ -188,7 +198,7 @@ class Replicator:
                     holders.append(node)
                 elif spare:
                     substitute = spare.pop(0)
-                    pending[asyncio.ensure_future(self._push(substitute, attr, seq))] = \
+                    pending[asyncio.ensure_future(self.push(substitute, attr, seq))] = \
                         substitute
                     tried[substitute] = None
         for task in pending:          # the others go on in the background
@@ -208,7 +218,8 @@ class Replicator:
         except KeyError:
             return False
 
-    async def _push(self, node: str, attr: dict, seq: int | None) -> bool:
+    async def push(self, node: str, attr: dict, seq: int | None) -> bool:
+        """Stream the file ``attr`` names to ``node``; True once it is durable there."""
         address = self.cluster.doc.address(node) if self.cluster.doc else None
         if address is None:
             return False
@@ -249,7 +260,6 @@ class Replicator:
         """Store the bytes of ``pieces`` (an async iterable) as a replica of ``attr``.
         Returns what is here afterwards; raises ReplicaRefused, ChecksumMismatch,
         FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica."""
-        from ..api.upload import stream_to_writer
         loop = asyncio.get_running_loop()
         size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
         writer = await loop.run_in_executor(None, self.store.begin_upload, size)
@@ -273,28 +283,13 @@ class Replicator:
             key = R.known_node_keys(self.store).get(key_id)
         return key is not None and verify_signature(key, payload, signature)
 
-    # --- the change feed, served ------------------------------------------------------------
+    # --- the change feed, served ---------------------------------------------------------------
 
     async def changes(self, after: int, limit: int, wait: float) -> dict:
         """WAL records after ``after`` (at most ``limit``), waiting up to ``wait`` s for one
-        to exist. {"records": [...], "head": newest sequence}."""
-        deadline = time.monotonic() + wait
-        loop = asyncio.get_running_loop()
-        while True:
-            self._changed.clear()
-            records = await loop.run_in_executor(None, self._read_feed, after, limit)
-            remaining = deadline - time.monotonic()
-            if records or remaining <= 0:
-                head = records[-1]["seq"] if records else after
-                return {"records": records, "head": head}
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
-
-    def _read_feed(self, after: int, limit: int) -> list[dict]:
-        with self.store.view.snapshot() as snap:
-            return snap.wal_after(after, limit)
+        to exist. {"records": [...], "head": the last sequence returned (or ``after``)}."""
+        records = await self.cluster.svc.feed.after(after, limit, wait)
+        return {"records": records, "head": records[-1]["seq"] if records else after}
 
     # --- the change feed, followed ----------------------------------------------------------
 
@@ -377,4 +372,5 @@ class Replicator:
             log.warning("replica of %s from %s refused: %s", file_id, peer, exc.detail)
 
     def status(self) -> dict:
-        return {**self.stats, "following": sorted(self._followers)}
+        return {**self.stats, "following": sorted(self._followers),
+                "anti_entropy": self.repairer.status()}

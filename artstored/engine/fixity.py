@@ -13,6 +13,7 @@ read of the file answers ``Quarantined`` (in a cluster, a replica repairs it).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -21,6 +22,8 @@ from . import layout as L
 from . import lmdb_schema as S
 from . import wal as W
 from .errors import StoreCorrupt
+
+log = logging.getLogger("artstored.engine.fixity")
 
 OK, CORRUPT, MISSING = "ok", "corrupt", "missing"
 QUARANTINE = "quarantine"
@@ -139,4 +142,67 @@ def quarantine(store, entry, outcome: str, detail: str) -> dict:
                      data={"premis_event_type": "quarantine", "outcome": "success",
                            "detail": f"moved to {folder}"})
     store.notify_committed()
+    for listener in store.quarantine_listeners:
+        try:
+            listener(entry.file_id)   # a cluster fetches a good copy from another node
+        except Exception:  # the quarantine is done and durable; a listener's bug is not ours
+            log.exception("quarantine listener failed")
     return record
+
+
+def restore(store, entry, writer, *, source: str) -> dict:
+    """Put a good copy back in place of a quarantined file: ``writer`` (an UploadWriter on
+    ``entry``'s disk, finished) holds bytes fetched from ``source`` (another node). Checks
+    size and SHA-256 against the catalog (ChecksumMismatch / StoreCorrupt otherwise, the
+    caller aborts the writer), moves them into objects/ with the catalog's sidecar, and
+    records PREMIS ``replication`` and ``fixity check`` events; the quarantined copy stays
+    where it is. Durable when it returns; returns the new fixity record."""
+    from .attrs import encode
+    from .errors import ChecksumMismatch
+    if writer.size != entry.size or writer.sha256_hex != entry.attr.get("checksum_sha256"):
+        raise ChecksumMismatch(f"the copy of {entry.file_id} from {source} does not match "
+                               "its record")
+    if writer.disk.disk_id != entry.disk:
+        raise StoreCorrupt("a restored copy must be written on the file's own disk")
+    disk = store.disks.get(entry.disk)
+    data_path = disk.data_path(entry.rel)
+    with store.file_lock(entry.file_id):
+        with store.env.read() as txn:
+            old = get(txn, store.env, entry.file_id)
+        if old is None or not old.get("quarantine"):
+            raise StoreCorrupt(f"{entry.file_id} is not in quarantine")
+        durable.fsync_file(writer.tmp_path)
+        durable.makedirs_durable(os.path.dirname(data_path), disk.objects)
+        durable.atomic_write(data_path + L.ATTR_SUFFIX, encode(entry.attr))
+        os.rename(writer.tmp_path, data_path)
+        durable.fsync_dir(os.path.dirname(data_path))
+        now_us = time.time_ns() // 1000
+        record = {"last_verified": now_us, "outcome": OK, "bytes": entry.size,
+                  "detail": f"restored from {source}",
+                  "restored": {"at": now_us, "from": source,
+                               "quarantined": old["quarantine"]}}
+        env = store.env
+        with env.write() as txn:
+            put(txn, env, entry.file_id, record)
+            W.append(txn, env, PRESERVATION, W.SYSTEM, file_id=entry.file_id,
+                     data={"premis_event_type": "replication", "outcome": "success",
+                           "detail": f"damaged copy replaced with a verified copy from "
+                                     f"{source}"})
+            W.append(txn, env, PRESERVATION, W.SYSTEM, file_id=entry.file_id,
+                     data={"premis_event_type": "fixity check", "outcome": OK,
+                           "bytes": entry.size, "detail": "after restoration"})
+    store.notify_committed()
+    return record
+
+
+def quarantined(store) -> list[str]:
+    """Ids of the files in quarantine (a scan of the fixity records)."""
+    out = []
+    with store.env.read() as txn:
+        db = store.env.db(S.DB_FIXITY)
+        if db is None:
+            return out
+        for key, raw in txn.cursor(db=db):
+            if W.unpack(raw).get("quarantine"):
+                out.append(ids.key_file_id(bytes(key)))
+    return out

@@ -285,7 +285,7 @@ class GroupCommitter:
             files = [i.tmp_attr for i in live]
             files += [i.tmp_data for i in live if not i.writer.synced]
             dirs = {d.tmp for d in disks} | self._placed_dirs
-            list(self._fsync_pool.map(_fsync_path, files))
+            list(self._fsync_pool.map(durable.fsync_file, files))
             list(self._fsync_pool.map(durable.fsync_dir, dirs))
         self._placed_dirs = set()
 
@@ -366,10 +366,3 @@ class GroupCommitter:
         if not item.future.done():
             item.future.set_exception(exc)
 
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -87,6 +87,9 @@ class Store:
             self.disks = self._open_disks(config)
             self._stripes = [threading.Lock() for _ in range(_STRIPES)]
             self._commit_listeners: list = []
+            # Called with a file id when scrub quarantines it (a cluster restores it from
+            # another node); quick, must not raise.
+            self.quarantine_listeners: list = []
             # Every read of the catalog, the log and a file's bytes goes through this view
             # (the same one the FUSE mount, the index and the audit trail use).
             self.view = ReadView.of_store(self)
@@ -410,6 +413,30 @@ class Store:
         """
         if check_mode:
             self.require(M.DELETE)
+
+        def record(txn, entry) -> None:
+            data = {"reason": reason, "size": entry.size,
+                    "checksum_sha256": entry.attr.get("checksum_sha256")}
+            if origin is not None:
+                data["origin"] = origin
+            W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
+            replica.put_tombstone(txn, self.env, file_id, actor, origin)
+
+        self._remove(file_id, actor, record, check_mode=check_mode)
+
+    def release_copy(self, file_id: str, data: dict) -> None:
+        """Drop this node's copy of a file that lives on (a hand-off copy, or one whose
+        owners changed), once its owners hold it: as ``delete`` on this node, but recorded
+        as ``file.release`` (which no other node applies) and with no tombstone. The
+        caller has checked that enough other copies are durable. FileNotFound if none."""
+        def record(txn, entry) -> None:
+            W.append(txn, self.env, W.FILE_RELEASE, W.SYSTEM, file_id=file_id,
+                     data={**data, "size": entry.size,
+                           "checksum_sha256": entry.attr.get("checksum_sha256")})
+
+        self._remove(file_id, W.SYSTEM, record, check_mode=False)
+
+    def _remove(self, file_id: str, actor: W.Actor, record, *, check_mode: bool) -> None:
         with self._stripe(file_id):
             entry = self.get(file_id)
             data_path = self.content_path(entry)
@@ -428,12 +455,7 @@ class Store:
                     # The upload's place intent, if the batch after it has not dropped it
                     # yet: recovery must not look for the files this delete removed.
                     W.drop_intent(txn, self.env, ids.file_id_key(file_id))
-                    data = {"reason": reason, "size": entry.size,
-                            "checksum_sha256": entry.attr.get("checksum_sha256")}
-                    if origin is not None:
-                        data["origin"] = origin
-                    W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
-                    replica.put_tombstone(txn, self.env, file_id, actor, origin)
+                    record(txn, entry)
                     W.drop_intent(txn, self.env, op)
         self.notify_committed()
 

@@ -50,11 +50,12 @@ AUTH_FAILURES = "auth.failures"  # failed sign-ins and lockouts of an interval, 
 KEYS_ROTATE = "keys.rotate"
 CATALOG_REBUILD = "catalog.rebuild"
 PRESERVATION = "preservation"   # a PREMIS event: fixity check, quarantine, validation, ...
+FILE_RELEASE = "file.release"      # this node's copy dropped: the file lives on elsewhere
 CLUSTER_ROSTER = "cluster.roster"  # the admin put a node on the roster or took it off
 CLUSTER_MODE = "cluster.mode"      # the admin set an element's mode; or the element refused it
 KINDS = (FILE_CREATE, FILE_UPDATE, FILE_DELETE, ELEMENT_MODE, ACCOUNT_CREATE,
          ACCOUNT_UPDATE, AUTH_FAILURE, AUTH_LOCKOUT, AUTH_FAILURES, KEYS_ROTATE,
-         CATALOG_REBUILD, PRESERVATION, CLUSTER_ROSTER, CLUSTER_MODE)
+         CATALOG_REBUILD, PRESERVATION, CLUSTER_ROSTER, CLUSTER_MODE, FILE_RELEASE)
 
 GENESIS = b"\x00" * 32
 HASH_BYTES = 32

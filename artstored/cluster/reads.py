@@ -1,0 +1,85 @@
+"""Reads of files this node does not hold: served from a node that does.
+
+``GET /api/v1/files/{id}`` and its ``/download`` ask the file's owners first (then the
+other members, which may hold a hand-off copy) with a signed ``GET /cluster/v1/objects/
+{id}``, passing the client's ``Range``, ``If-Range``, ``If-None-Match`` and ``If-Match``
+through, so a proxied answer has the same status, ranges and ETag as a local one. The
+answer says which node served it (``X-ArtStore-Served-By``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+from aiohttp import web
+
+from ..engine.errors import FileNotFound
+from .replicator import ATTR_HEADER, CONNECT_SECONDS, HEADER, OBJECTS, decode_header, \
+    encode_header
+
+log = logging.getLogger("artstored.cluster.reads")
+
+PASS_THROUGH = ("Range", "If-Range", "If-None-Match", "If-Match")
+RELAYED = ("ETag", "Accept-Ranges", "Content-Type", "Content-Disposition", "Repr-Digest",
+           "Cache-Control", "X-Content-Type-Options", "Content-Range", "Content-Length")
+SERVED_BY = "X-ArtStore-Served-By"
+
+
+def candidates(cluster, file_id: str) -> list[str]:
+    """Who to ask, in order: the owners, then every other member (hand-off copies)."""
+    doc = cluster.doc
+    if doc is None:
+        return []
+    owners = cluster.replicator.owners(file_id)
+    rest = sorted(n for n in doc.roster if n not in owners)
+    return [n for n in owners + rest if n != cluster.id]
+
+
+async def fetch_attr(cluster, session: aiohttp.ClientSession, file_id: str) -> tuple[str, dict]:
+    """(node, attr) of ``file_id`` from the first member that holds it; FileNotFound if
+    none does (or none answers)."""
+    for node in candidates(cluster, file_id):
+        try:
+            async with fetch_object(cluster, session, node, file_id, {}, meta=True) as resp:
+                if resp.status == 200:
+                    return node, json.loads(decode_header(resp.headers[ATTR_HEADER]))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError) \
+                as exc:
+            log.debug("asking %s for %s: %s", node, file_id, exc)
+    raise FileNotFound(f"no file with id {file_id} on any member")
+
+
+async def proxy_download(cluster, session: aiohttp.ClientSession, request: web.Request,
+                         file_id: str) -> web.StreamResponse:
+    """Relay the download of ``file_id`` from the first member that holds it."""
+    headers = {h: request.headers[h] for h in PASS_THROUGH if h in request.headers}
+    for node in candidates(cluster, file_id):
+        try:
+            async with fetch_object(cluster, session, node, file_id, headers, meta=False) as resp:
+                if resp.status == 404:
+                    continue
+                out = web.StreamResponse(status=resp.status, headers={
+                    **{h: resp.headers[h] for h in RELAYED if h in resp.headers},
+                    SERVED_BY: node})
+                await out.prepare(request)
+                if request.method != "HEAD":
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        await out.write(chunk)
+                await out.write_eof()
+                return out
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.debug("asking %s for %s: %s", node, file_id, exc)
+    raise FileNotFound(f"no file with id {file_id} on any member")
+
+
+def fetch_object(cluster, session, node: str, file_id: str, headers: dict, *, meta: bool):
+    """A signed GET of a file (or, ``meta``, its attr) from ``node``: an aiohttp request
+    context manager."""
+    header = encode_header(cluster.signer.pack({"t": "fetch", "file_id": file_id}))
+    return session.get(
+        f"http://{cluster.doc.address(node)}{OBJECTS}{file_id}" + ("?meta=1" if meta else ""),
+        headers={**headers, HEADER: header},
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS, sock_read=60))

@@ -1,0 +1,264 @@
+"""Anti-entropy: find the owners that lack a file this node holds, and give it to them.
+
+A pass walks this node's catalog in pages; for each page it asks every other owner, in one
+signed request per owner (``POST /cluster/v1/have``), which of the page's files it lacks,
+and pushes those (the replicator's push: verified and committed once on the far side). A
+node that joins gets its share, a node taken off the roster has its files re-replicated
+by the owners that remain, and both sides of a healed partition fill each other in.
+
+The only copy a pass ever removes is this node's own, of a file it does not own (a
+hand-off copy, or one whose owners changed with the roster), and only once every owner,
+holding the same cluster document version, said it holds the file (a quarantined copy
+does not count): so no file goes below its factor while files move. The removal is a
+``file.release`` record, which no other node applies. A quarantined local copy is
+restored from a member that holds a good one.
+
+Passes run every ``replication.repair_interval_seconds``, soon after a roster change, and
+on request (``POST /api/v1/cluster/repair``, optionally for given files first). The time of
+the last full pass and what it found are in ``artstore cluster status`` and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+import msgpack
+
+from ..engine import catalog
+from ..streaming import stream_to_writer
+from ..engine.errors import ArtStoreError
+
+log = logging.getLogger("artstored.cluster.repair")
+
+HAVE = "/cluster/v1/have"
+PAGE = 500
+PUSH_CONCURRENCY = 4
+ROSTER_SETTLE_SECONDS = 5.0   # a roster change starts a pass this much later
+
+
+class Repairer:
+    def __init__(self, replicator, interval: float):
+        self.replicator = replicator
+        self.cluster = replicator.cluster
+        self.store = replicator.store
+        self.interval = interval
+        self.last_full_pass: dict | None = None
+        self.restored = 0
+        self.running: dict | None = None
+        self._wake = asyncio.Event()
+        self._urgent: list[str] = []
+        self._task: asyncio.Task | None = None
+        self._next_at = time.monotonic() + ROSTER_SETTLE_SECONDS
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self.store.quarantine_listeners.append(
+            lambda file_id: loop.call_soon_threadsafe(self._restore_soon, file_id))
+
+    def _restore_soon(self, file_id: str) -> None:
+        self.replicator.spawn(self.restore(file_id))
+
+    async def restore(self, file_id: str) -> bool:
+        """Replace a quarantined local copy with a verified one from a member that holds
+        the file. True once restored (durable, audited); False if no member could give a
+        good copy (it stays quarantined; the next pass tries again)."""
+        from ..engine import fixity
+        from ..engine.ingest import UploadWriter
+        from .reads import candidates, fetch_object
+        loop = asyncio.get_running_loop()
+        entry = await loop.run_in_executor(None, self.store.view.entry, file_id)
+        if entry is None:
+            return False
+        for node in candidates(self.cluster, file_id):
+            disk = self.store.disks.get(entry.disk)
+            writer = await loop.run_in_executor(None, UploadWriter, self.store.disks, disk,
+                                                self.store.config.max_upload_bytes)
+            try:
+                async with fetch_object(self.cluster, self.replicator.session, node, file_id,
+                                        {}, meta=False) as resp:
+                    if resp.status != 200:
+                        raise ValueError(f"{node} answered {resp.status}")
+                    await stream_to_writer(resp.content.iter_chunked(1 << 20), writer)
+                await loop.run_in_executor(None, writer.finish)
+                await loop.run_in_executor(None, lambda: fixity.restore(
+                    self.store, entry, writer, source=node))
+                self.restored += 1
+                log.warning("restored %s from %s after a failed fixity check", file_id, node)
+                return True
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
+                    ArtStoreError) as exc:
+                writer.abort()
+                log.info("restoring %s from %s failed: %s", file_id, node, exc)
+        return False
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def request(self, file_ids: list[str] | None = None, *, delay: float = 0.0) -> None:
+        """Start a pass soon (``file_ids``: only these, first)."""
+        if file_ids:
+            self._urgent.extend(file_ids)
+        self._next_at = min(self._next_at, time.monotonic() + delay)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            timeout = max(0.0, self._next_at - time.monotonic())
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            if time.monotonic() < self._next_at:
+                continue
+            self._next_at = time.monotonic() + self.interval
+            try:
+                if self._urgent:
+                    ids, self._urgent = self._urgent, []
+                    await self.repair(ids)
+                else:
+                    await self.full_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("anti-entropy pass failed")
+
+    async def full_pass(self) -> dict:
+        """One pass over every file held here. Returns (and keeps) its report."""
+        started = time.time()
+        report = {"started_at": started, "files": 0, "missing_copies": 0, "pushed": 0,
+                  "push_failures": 0, "unreachable_owners": 0, "restored": 0, "released": 0}
+        self.running = report
+        loop = asyncio.get_running_loop()
+        from ..engine import fixity
+        for file_id in await loop.run_in_executor(None, fixity.quarantined, self.store):
+            report["restored"] += bool(await self.restore(file_id))
+        cursor = None
+        try:
+            while True:
+                entries, cursor = await loop.run_in_executor(
+                    None, lambda c=cursor: self.store.view.page(limit=PAGE, cursor=c,
+                                                                order=catalog.ASC))
+                await self._check([e.file_id for e in entries], report)
+                if cursor is None:
+                    break
+        finally:
+            self.running = None
+        report["finished_at"] = time.time()
+        report["seconds"] = round(report["finished_at"] - started, 3)
+        self.last_full_pass = report
+        if report["missing_copies"]:
+            log.info("anti-entropy pass: %d files, %d copies missing, %d pushed",
+                     report["files"], report["missing_copies"], report["pushed"])
+        return report
+
+    async def repair(self, file_ids: list[str]) -> dict:
+        """Check (and fix) just these files now."""
+        report = {"files": 0, "missing_copies": 0, "pushed": 0, "push_failures": 0,
+                  "unreachable_owners": 0, "released": 0}
+        for i in range(0, len(file_ids), PAGE):
+            await self._check(file_ids[i:i + PAGE], report)
+        return report
+
+    async def _check(self, file_ids: list[str], report: dict) -> None:
+        me = self.cluster.id
+        by_owner: dict[str, list[str]] = {}
+        loop = asyncio.get_running_loop()
+        held = []
+        for fid in file_ids:
+            entry = await loop.run_in_executor(None, self.store.view.entry, fid)
+            if entry is None:
+                continue
+            held.append(entry.attr)
+            for owner in self.replicator.owners(fid):
+                if owner != me:
+                    by_owner.setdefault(owner, []).append(fid)
+        report["files"] += len(held)
+        attrs = {a["file_id"]: a for a in held}
+        pushes = []
+        version = self.cluster.doc.version if self.cluster.doc else None
+        unsure: set[str] = set()     # files some owner could not confirm
+        for owner, ids in by_owner.items():
+            answer = await self._missing(owner, ids)
+            if answer is None:
+                report["unreachable_owners"] += 1
+                unsure.update(ids)
+                continue
+            missing, their_version = answer
+            if their_version != version:
+                unsure.update(ids)  # not the same roster: do not let go of anything
+            report["missing_copies"] += len(missing)
+            unsure.update(missing)
+            pushes += [(owner, attrs[fid]) for fid in missing if fid in attrs]
+        gate = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+        async def push(owner: str, attr: dict) -> bool:
+            async with gate:
+                return await self.replicator.push(owner, attr, None)
+
+        results = await asyncio.gather(*(push(o, a) for o, a in pushes))
+        report["pushed"] += sum(1 for r in results if r)
+        report["push_failures"] += sum(1 for r in results if not r)
+        # A copy here that is not an owner's (a hand-off, or owners changed by a join) goes
+        # once every owner, on the same roster version, said it holds the file.
+        for fid in attrs:
+            owners = self.replicator.owners(fid)
+            if not owners or me in owners or fid in unsure:
+                continue
+            note = {"reason": "held by its owners", "owners": owners,
+                    "document_version": version}
+            try:
+                await loop.run_in_executor(None, self.store.release_copy, fid, note)
+                report["released"] += 1
+            except ArtStoreError as exc:
+                log.info("keeping %s: %s", fid, exc.detail)
+
+    async def _missing(self, owner: str, file_ids: list[str]) -> tuple[list[str], int] | None:
+        """Which of ``file_ids`` ``owner`` lacks, and the cluster document version it holds
+        (None: it could not be asked)."""
+        address = self.cluster.doc.address(owner) if self.cluster.doc else None
+        if address is None:
+            return None
+        blob = self.cluster.signer.pack({"t": "have", "ids": file_ids})
+        try:
+            status, body = await self.cluster.transport.request(address, HAVE, blob)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return None
+        if status != 200:
+            return None
+        try:
+            answer = msgpack.unpackb(body, raw=False)
+            missing, version = answer["missing"], answer["document_version"]
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return None
+        return [f for f in missing if isinstance(f, str)], version
+
+    def status(self) -> dict:
+        return {"last_full_pass": self.last_full_pass, "running": self.running,
+                "interval_seconds": self.interval, "restored": self.restored}
+
+
+def missing_here(store, file_ids: list) -> list[str]:
+    """Of ``file_ids``, those this node neither holds nor holds deleted (what a peer's
+    ``have`` request asks). Blocking: call in a worker thread."""
+    from ..engine import replica as R
+    from ..engine.errors import BadRequest
+    out = []
+    for fid in file_ids:
+        if not isinstance(fid, str) or len(fid) > 64:
+            continue
+        try:
+            if R.is_deleted(store, fid):
+                continue
+            fixity = store.view.fixity(fid)
+            if store.view.entry(fid) is None or (fixity and fixity.get("quarantine")):
+                out.append(fid)     # a quarantined copy is not a copy
+        except BadRequest:          # not a file id at all
+            continue
+    return out

@@ -1,0 +1,30 @@
+"""Streaming bytes from the network into an upload writer: the event loop receives while
+a worker thread hashes and writes the previous batch (bounded memory, disk and network
+overlap). Used by the upload route and by replication."""
+
+from __future__ import annotations
+
+import asyncio
+
+BATCH_BYTES = 1 << 20
+
+
+async def stream_to_writer(pieces, writer) -> None:
+    """Write an async iterable of byte pieces to an upload writer in ~1 MiB batches, one
+    batch in a worker thread while the next is received. Raises what the writer raises."""
+    loop = asyncio.get_running_loop()
+    batch: list[memoryview] = []
+    size = 0
+    in_flight = None
+    async for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= BATCH_BYTES:
+            if in_flight is not None:
+                await in_flight
+            in_flight = loop.run_in_executor(None, writer.write_many, batch)
+            batch, size = [], 0
+    if in_flight is not None:
+        await in_flight
+    if batch:
+        await loop.run_in_executor(None, writer.write_many, batch)
