@@ -200,7 +200,8 @@ def test_every_route_declares_its_access_rule():
                       "/api/v1/auth/token", "/api/v1/auth/jwks", "/api/v1/openapi.json",
                       # signed envelopes between daemons, not tokens
                       "/cluster/v1/swim", "/cluster/v1/join",
-          "/cluster/v1/objects/{file_id}", "/cluster/v1/changes", "/cluster/v1/have"}
+          "/cluster/v1/objects/{file_id}", "/cluster/v1/changes", "/cluster/v1/have",
+          "/cluster/v1/digest"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/files", "/api/v1/element", "/api/v1/accounts",

@@ -270,6 +270,19 @@ def test_a_joining_node_gets_its_share_and_a_removed_nodes_files_move(cluster):
             assert c.api(i).request("POST", "/api/v1/cluster/repair").status == 202
         return all(sorted(_holders(c, fid)) == sorted(owners(c, fid)) for fid in files)
     wait_until(only_owners, 90, "each file held by exactly its owners", interval=3)
+    # Now every pair of owners agrees: a fresh pass finds every digest bucket equal.
+    started = time.time()
+    for i in c.members:
+        assert c.api(i).request("POST", "/api/v1/cluster/repair").status == 202
+
+    def agreed() -> bool:
+        for i in c.members:
+            last = c.status(i)["replication"]["anti_entropy"]["last_full_pass"] or {}
+            if last.get("started_at", 0) < started or last.get("buckets_differing", 0) \
+                    or last.get("missing_copies", 0):
+                return False
+        return True
+    wait_until(agreed, 60, "a pass on every node with all digests equal", interval=1)
     leaving = 1
     c.remove(leaving)
     wait_until(lambda: all(holds(c, o, fid, content) for fid, content in files.items()
@@ -310,3 +323,37 @@ def _multipart_with(content: bytes, fields: dict) -> dict:
     from harness import multipart
     body, ctype = multipart(fields, content=content, filename="doc.txt")
     return {"body": body, "headers": {"Content-Type": ctype}}
+
+
+def test_anti_entropy_digests_repair_what_the_feed_skipped(cluster):
+    """An owner in mode ro takes no replicas (the push is refused, its follower passes the
+    record by); back in rw, only the anti-entropy pass can give it the file."""
+    c = cluster
+    target = c.members[-1]
+    uploader = c.members[0]
+    r = c.api(0).request("PUT", f"/api/v1/cluster/members/{c.ids[target]}/mode",
+                         json_body={"mode": "ro"})
+    assert r.status == 200, r.body
+    wait_until(lambda: c.api(target).get("/api/v1/element").json()["mode"] == "ro", 10,
+               "the target in mode ro")
+    skipped = {}
+    for k in range(40):
+        content = f"while read-only {k}".encode()
+        attr = upload(c, uploader, content, ack="local").json()
+        if target in owners(c, attr["file_id"]):
+            skipped[attr["file_id"]] = content
+    assert skipped, "no file placed on the target"
+    time.sleep(1)   # let the refused pushes and the follower pass them by
+    assert not any(holds(c, target, fid) for fid in skipped)
+    r = c.api(0).request("PUT", f"/api/v1/cluster/members/{c.ids[target]}/mode",
+                         json_body={"mode": "rw"})
+    assert r.status == 200, r.body
+    wait_until(lambda: c.api(target).get("/api/v1/element").json()["mode"] == "rw", 10,
+               "the target back in rw")
+    started = time.time()
+    assert c.api(uploader).request("POST", "/api/v1/cluster/repair").status == 202
+    wait_until(lambda: all(holds(c, target, fid, content) for fid, content in skipped.items()),
+               60, "the skipped files on the target after an anti-entropy pass")
+    last = c.status(uploader)["replication"]["anti_entropy"]["last_full_pass"]
+    assert last["started_at"] >= started and last["buckets_differing"] >= 1
+    assert last["missing_copies"] >= len(skipped) and last["pushed"] >= len(skipped)

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..replication.envelope import MAX_ENVELOPE_BYTES
 
 from ..auth import roles as R
-from ..cluster import replicator as RP
+from ..cluster import wire as RP
 from ..cluster.repair import missing_here
 from ..engine.errors import BadRequest, NotFound, UploadTooLarge, ValidationError
 from . import download
@@ -97,7 +97,7 @@ async def put_replica(request: web.Request) -> web.Response:
                                                                     dict):
         raise BadRequest("a replica request carries attr and origin", code="envelope_malformed")
     attr = await cluster.replicator.take_replica(message["attr"], message["origin"],
-                                                 request.content.iter_chunked(RP.CHUNK))
+                                                 request.content.iter_chunked(1 << 20))
     return json_response({"file_id": file_id, "node": cluster.id,
                           "version": attr.get("version")}, status=201)
 
@@ -154,6 +154,27 @@ async def have(request: web.Request) -> web.Response:
                          code="envelope_malformed")
     missing = await blocking(missing_here, svc.store, ids)
     answer = {"missing": missing, "document_version": cluster.doc.version}
+    return web.Response(body=msgpack.packb(answer, use_bin_type=True),
+                        content_type="application/msgpack")
+
+
+@public
+async def digest(request: web.Request) -> web.Response:
+    """Anti-entropy digests: of the files this node and the asking member both own, the
+    digest of every bucket; or, with ``list``, file id → version in those buckets."""
+    cluster = _cluster(request)
+    env = cluster.open_request(await _envelope(request))
+    message = env.message
+    if not isinstance(message, dict) or message.get("t") != "digest":
+        raise BadRequest("send {t: digest, list?: [bucket...]}", code="envelope_malformed")
+    wanted = message.get("list")
+    if wanted is not None and not (isinstance(wanted, list) and len(wanted) <= 65_536 and
+                                   all(type(b) is int and b >= 0 for b in wanted)):
+        raise BadRequest("list: bucket numbers", code="envelope_malformed")
+    listing = await blocking(cluster.replicator.repairer.listing, env.sender,
+                             None if wanted is None else set(wanted))
+    answer = {"digests": listing} if wanted is None else {"files": listing}
+    answer["document_version"] = cluster.doc.version
     return web.Response(body=msgpack.packb(answer, use_bin_type=True),
                         content_type="application/msgpack")
 
@@ -217,6 +238,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/cluster/v1/objects/{file_id}", get_replica)
     router.add_post("/cluster/v1/changes", changes)
     router.add_post("/cluster/v1/have", have)
+    router.add_post("/cluster/v1/digest", digest)
     router.add_post("/api/v1/cluster/repair", repair)
     router.add_get("/api/v1/cluster", status)
     router.add_put("/api/v1/cluster/members/{node_id}", admit)

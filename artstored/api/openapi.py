@@ -418,6 +418,12 @@ def _cluster() -> dict:
             "Which of the named files this node lacks (signed envelope; anti-entropy)", tag,
             None, {"200": ok("The missing ones", {"type": "object"}, "application/msgpack")},
             request=envelope, errors=(400, 401, 403, 404, 409, 413, 503), op_id="have")},
+        "/cluster/v1/digest": {"post": op(
+            "Anti-entropy digests of the files this node and the asking member both own "
+            "(signed envelope)", tag, None,
+            {"200": ok("Digests, or a listing of buckets", {"type": "object"},
+                       "application/msgpack")},
+            request=envelope, errors=(400, 401, 403, 404, 409, 413, 503), op_id="digest")},
         "/api/v1/cluster/repair": {"post": op(
             "Start an anti-entropy pass now (all files held here, or file_ids first)", tag,
             (R.OPERATOR, R.STORAGE_WRITE), {"202": ok("Queued", {"type": "object"})},

@@ -17,8 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from ..engine.errors import FileNotFound
-from .replicator import ATTR_HEADER, CONNECT_SECONDS, HEADER, OBJECTS, decode_header, \
-    encode_header
+from .wire import ATTR_HEADER, CONNECT_SECONDS, HEADER, OBJECTS, decode_header, encode_header
 
 log = logging.getLogger("artstored.cluster.reads")
 

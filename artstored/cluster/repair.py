@@ -1,10 +1,16 @@
-"""Anti-entropy: find the owners that lack a file this node holds, and give it to them.
+"""Anti-entropy: find where owners of a file disagree, and repair it.
 
-A pass walks this node's catalog in pages; for each page it asks every other owner, in one
-signed request per owner (``POST /cluster/v1/have``), which of the page's files it lacks,
-and pushes those (the replicator's push: verified and committed once on the far side). A
-node that joins gets its share, a node taken off the roster has its files re-replicated
-by the owners that remain, and both sides of a healed partition fill each other in.
+A pass walks this node's catalog once. For each other member it computes the digests
+(``replication.digest``: XOR of XXH3 over file id and version, in 1,024 buckets) of the
+files both should hold, and compares them with the member's (``POST /cluster/v1/digest``);
+only differing buckets are listed and compared. A file the member lacks is pushed to it, a
+file this node lacks is fetched, and a metadata version that differs is settled by the
+engine's rule on both sides. Agreeing owners exchange a few kilobytes per pass. A node
+that joins gets its share, a node taken off the roster has its files re-replicated by the
+owners that remain, and both sides of a healed partition fill each other in.
+
+Files held here that this node does not own (hand-off copies) are checked one by one
+(``POST /cluster/v1/have``), as are files an operator names.
 
 The only copy a pass ever removes is this node's own, of a file it does not own (a
 hand-off copy, or one whose owners changed with the roster), and only once every owner,
@@ -21,19 +27,24 @@ the last full pass and what it found are in ``artstore cluster status`` and /met
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 import aiohttp
 import msgpack
 
-from ..engine import catalog
+from ..engine import catalog, fixity
+from ..engine import replica as R
+from ..engine.errors import ArtStoreError, BadRequest
+from ..engine.ingest import UploadWriter
+from ..replication import digest as G
 from ..streaming import stream_to_writer
-from ..engine.errors import ArtStoreError
+from .reads import candidates, fetch_object
+from .wire import ATTR_HEADER, DIGEST, HAVE, decode_header
 
 log = logging.getLogger("artstored.cluster.repair")
 
-HAVE = "/cluster/v1/have"
 PAGE = 500
 PUSH_CONCURRENCY = 4
 ROSTER_SETTLE_SECONDS = 5.0   # a roster change starts a pass this much later
@@ -66,9 +77,6 @@ class Repairer:
         """Replace a quarantined local copy with a verified one from a member that holds
         the file. True once restored (durable, audited); False if no member could give a
         good copy (it stays quarantined; the next pass tries again)."""
-        from ..engine import fixity
-        from ..engine.ingest import UploadWriter
-        from .reads import candidates, fetch_object
         loop = asyncio.get_running_loop()
         entry = await loop.run_in_executor(None, self.store.view.entry, file_id)
         if entry is None:
@@ -136,18 +144,16 @@ class Repairer:
                   "push_failures": 0, "unreachable_owners": 0, "restored": 0, "released": 0}
         self.running = report
         loop = asyncio.get_running_loop()
-        from ..engine import fixity
         for file_id in await loop.run_in_executor(None, fixity.quarantined, self.store):
             report["restored"] += bool(await self.restore(file_id))
-        cursor = None
         try:
-            while True:
-                entries, cursor = await loop.run_in_executor(
-                    None, lambda c=cursor: self.store.view.page(limit=PAGE, cursor=c,
-                                                                order=catalog.ASC))
-                await self._check([e.file_id for e in entries], report)
-                if cursor is None:
-                    break
+            scan = await loop.run_in_executor(None, self._scan)
+            report["files"] = scan["files"]
+            for peer, mine in scan["pairs"].items():
+                await self._sync_pair(peer, mine, report)
+            handoffs = scan["handoffs"]
+            for i in range(0, len(handoffs), PAGE):
+                await self._check(handoffs[i:i + PAGE], report, count=False)
         finally:
             self.running = None
         report["finished_at"] = time.time()
@@ -166,7 +172,117 @@ class Repairer:
             await self._check(file_ids[i:i + PAGE], report)
         return report
 
-    async def _check(self, file_ids: list[str], report: dict) -> None:
+    # --- digests: what two owners should both hold, compared bucket by bucket -------------
+
+    def _entries(self):
+        """Every catalog entry, page by page (blocking)."""
+        cursor = None
+        while True:
+            entries, cursor = self.store.view.page(limit=1000, cursor=cursor,
+                                                   order=catalog.ASC)
+            yield from entries
+            if cursor is None:
+                return
+
+    def _scan(self) -> dict:
+        """One walk of the catalog (blocking): per other owner, the digests of the files
+        both should hold; and the files held here that this node does not own."""
+        me = self.cluster.id
+        pairs: dict[str, list[int]] = {}
+        handoffs, files = [], 0
+        for entry in self._entries():
+            files += 1
+            owners = self.replicator.owners(entry.file_id)
+            if me not in owners:
+                handoffs.append(entry.file_id)
+                continue
+            h = G.item_hash(entry.file_id, entry.attr.get("version") or 1)
+            b = G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS)
+            for peer in owners:
+                if peer != me:
+                    pairs.setdefault(peer, [0] * G.DEFAULT_BUCKETS)[b] ^= h
+        return {"pairs": pairs, "handoffs": handoffs, "files": files}
+
+    def listing(self, peer: str, buckets: set[int] | None) -> dict[str, int] | list[int]:
+        """What this node holds that it and ``peer`` both own (blocking): the digests of
+        every bucket (``buckets`` None), or file_id → version in the given buckets."""
+        me = self.cluster.id
+        items = {}
+        for entry in self._entries():
+            owners = self.replicator.owners(entry.file_id)
+            if me in owners and peer in owners and (
+                    buckets is None or G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS)
+                    in buckets):
+                items[entry.file_id] = entry.attr.get("version") or 1
+        return G.digests(items.items(), G.DEFAULT_BUCKETS) if buckets is None else items
+
+    async def _sync_pair(self, peer: str, mine: list[int], report: dict) -> None:
+        theirs = await self._ask(peer, {"t": "digest"})
+        if theirs is None:
+            report["unreachable_owners"] += 1
+            return
+        buckets = G.differing(mine, theirs["digests"])
+        report["buckets_differing"] = report.get("buckets_differing", 0) + len(buckets)
+        if not buckets:
+            return
+        loop = asyncio.get_running_loop()
+        my_files = await loop.run_in_executor(None, self.listing, peer, set(buckets))
+        answer = await self._ask(peer, {"t": "digest", "list": buckets})
+        if answer is None:
+            report["unreachable_owners"] += 1
+            return
+        diff = G.compare(my_files, answer["files"])
+        report["missing_copies"] += len(diff["they_lack"]) + len(diff["we_lack"])
+        gate = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+        async def push(fid: str) -> bool:
+            entry = await loop.run_in_executor(None, self.store.view.entry, fid)
+            async with gate:
+                return entry is not None and await self.replicator.push(peer, entry.attr, None)
+
+        async def pull(fid: str) -> None:
+            async with gate:
+                await self.replicator.pull(peer, fid, {"node": peer, "seq": None})
+
+        results = await asyncio.gather(*(push(f) for f in diff["they_lack"]))
+        report["pushed"] += sum(1 for r in results if r)
+        report["push_failures"] += sum(1 for r in results if not r)
+        await asyncio.gather(*(pull(f) for f in diff["we_lack"]))
+        for fid in diff["versions"]:
+            report["metadata_repaired"] = report.get("metadata_repaired", 0) + \
+                await self._reconcile(peer, fid)
+
+    async def _reconcile(self, peer: str, file_id: str) -> int:
+        """Take ``peer``'s attr of a file both hold if it wins by the engine's rule."""
+        try:
+            async with fetch_object(self.cluster, self.replicator.session, peer, file_id,
+                                    {}, meta=True) as resp:
+                if resp.status != 200:
+                    return 0
+                attr = json.loads(decode_header(resp.headers[ATTR_HEADER]))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError):
+            return 0
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: R.apply_update(self.store, attr, origin={"node": peer, "seq": None}))
+        return 1 if result == R.APPLIED else 0
+
+    async def _ask(self, peer: str, message: dict) -> dict | None:
+        address = self.cluster.doc.address(peer) if self.cluster.doc else None
+        if address is None:
+            return None
+        try:
+            status, body = await self.cluster.transport.request(
+                address, DIGEST, self.cluster.signer.pack(message))
+            if status != 200:
+                return None
+            return msgpack.unpackb(body, raw=False, strict_map_key=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
+                msgpack.UnpackException):
+            return None
+
+    # --- hand-off copies and explicit requests: one question per file ---------------------
+
+    async def _check(self, file_ids: list[str], report: dict, count: bool = True) -> None:
         me = self.cluster.id
         by_owner: dict[str, list[str]] = {}
         loop = asyncio.get_running_loop()
@@ -179,7 +295,8 @@ class Repairer:
             for owner in self.replicator.owners(fid):
                 if owner != me:
                     by_owner.setdefault(owner, []).append(fid)
-        report["files"] += len(held)
+        if count:
+            report["files"] += len(held)
         attrs = {a["file_id"]: a for a in held}
         pushes = []
         version = self.cluster.doc.version if self.cluster.doc else None
@@ -247,8 +364,6 @@ class Repairer:
 def missing_here(store, file_ids: list) -> list[str]:
     """Of ``file_ids``, those this node neither holds nor holds deleted (what a peer's
     ``have`` request asks). Blocking: call in a worker thread."""
-    from ..engine import replica as R
-    from ..engine.errors import BadRequest
     out = []
     for fid in file_ids:
         if not isinstance(fid, str) or len(fid) > 64:

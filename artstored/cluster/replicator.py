@@ -22,7 +22,6 @@ Requests between nodes carry an envelope signed with the sender's node key (head
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -31,25 +30,21 @@ import aiohttp
 import msgpack
 
 from ..engine import replica as R
-from ..streaming import stream_to_writer
 from ..engine import wal as W
 from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
-from ..replication import envelope as E
 from ..replication import placement as P
+from ..streaming import stream_to_writer
 from .repair import ROSTER_SETTLE_SECONDS, Repairer
+from .wire import (ATTR_HEADER, CHANGES, CONNECT_SECONDS, HEADER, OBJECTS, decode_header,
+                   encode_header)
 
 log = logging.getLogger("artstored.cluster.replication")
 
-HEADER = "X-ArtStore-Envelope"
-ATTR_HEADER = "X-ArtStore-Attr"
-OBJECTS = "/cluster/v1/objects/"
-CHANGES = "/cluster/v1/changes"
 CHUNK = 1 << 20
 FEED_LIMIT = 256
 FEED_WAIT = 20.0
 RETRY_SECONDS = 2.0
 HEDGE_SECONDS = 2.0         # an owner silent this long gets a substitute for the ack
-CONNECT_SECONDS = 3.0
 
 
 class QuorumNotReached(ArtStoreError):
@@ -58,17 +53,6 @@ class QuorumNotReached(ArtStoreError):
     code = "replication_incomplete"
     status = 503
     title = "Stored here, not yet on enough nodes"
-
-
-def encode_header(blob: bytes) -> str:
-    return base64.urlsafe_b64encode(blob).decode("ascii")
-
-
-def decode_header(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
-        raise E.MalformedEnvelope(f"{HEADER} is not base64url") from None
 
 
 class Replicator:
@@ -336,7 +320,7 @@ class Replicator:
             held = await loop.run_in_executor(None, self.store.view.entry, file_id)
             gone = await loop.run_in_executor(None, R.is_deleted, self.store, file_id)
             if held is None and not gone and R.may_take_replicas(self.store):
-                await self._pull(peer, file_id, origin)
+                await self.pull(peer, file_id, origin)
         elif kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
             result = await loop.run_in_executor(None, lambda: R.apply_update(
                 self.store, data["attr"], origin=origin))
@@ -350,7 +334,7 @@ class Replicator:
             if result == R.APPLIED:
                 self.stats["deletes_applied"] += 1
 
-    async def _pull(self, peer: str, file_id: str, origin: dict) -> None:
+    async def pull(self, peer: str, file_id: str, origin: dict) -> None:
         address = self.cluster.doc.address(peer)
         header = encode_header(self.cluster.signer.pack({"t": "fetch", "file_id": file_id}))
         try:
