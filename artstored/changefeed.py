@@ -24,9 +24,17 @@ class ChangeFeed:
 
     def __init__(self, store):
         self.store = store
-        self._changed = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        store.add_commit_listener(lambda: loop.call_soon_threadsafe(self._changed.set))
+        self._loop = asyncio.get_running_loop()
+        # One future per "generation": a commit resolves the current one and starts the
+        # next. A waiter takes the current future *before* it reads, so a commit that
+        # lands between its read and its wait is never missed (a shared Event that every
+        # waiter clears would lose it).
+        self._next: asyncio.Future = self._loop.create_future()
+        store.add_commit_listener(lambda: self._loop.call_soon_threadsafe(self._committed))
+
+    def _committed(self) -> None:
+        done, self._next = self._next, self._loop.create_future()
+        done.set_result(None)
 
     @property
     def head(self) -> int:
@@ -39,13 +47,13 @@ class ChangeFeed:
         deadline = time.monotonic() + wait
         loop = asyncio.get_running_loop()
         while True:
-            self._changed.clear()
+            changed = self._next
             records = await loop.run_in_executor(None, self._read, seq, limit)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
             try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await asyncio.wait_for(asyncio.shield(changed), remaining)
             except asyncio.TimeoutError:
                 pass
 

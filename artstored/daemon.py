@@ -340,13 +340,14 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         gc_task.cancel()
         upkeep_task.cancel()
         audit_task.cancel()
-        if svc.cluster is not None:
-            await svc.cluster.stop()
     else:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener
     sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight")
     await _drain(svc, site, runner, svc.config["server.shutdown_grace_seconds"])
+    if svc.cluster is not None:
+        # After the drain: uploads in flight still get their copies pushed.
+        await svc.cluster.stop()
     if svc.store is not None:
         await loop.run_in_executor(None, close_services, svc)
     if watchdog is not None:

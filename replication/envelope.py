@@ -141,16 +141,21 @@ class ReplayState:
     """
 
     def __init__(self, *, window: int = 1024, max_skew: float = 30.0,
-                 not_before: float | None = None):
+                 not_before: float | None = None, max_senders: int | None = None):
         if window < 1 or max_skew <= 0:
             raise ValueError("window >= 1 and max_skew > 0")
         self.window, self.max_skew, self.not_before = window, max_skew, not_before
+        # For senders that need no membership (join requests): past this many, the one
+        # first heard of is forgotten (its old messages are stale by timestamp anyway).
+        self.max_senders = max_senders
         self._senders: dict[str, list[int]] = {}     # sender → [highest, bitmap]
 
     def check_and_record(self, sender: str, counter: int) -> None:
         """Raise ReplayedMessage / StaleMessage, or record ``counter`` as seen."""
         entry = self._senders.get(sender)
         if entry is None:
+            if self.max_senders is not None and len(self._senders) >= self.max_senders:
+                del self._senders[next(iter(self._senders))]
             self._senders[sender] = [counter, 1]
             return
         high, bits = entry

@@ -38,11 +38,10 @@ Only roster members are listened to; messages from anyone else are dropped with 
 from __future__ import annotations
 
 import heapq
-import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .swim_config import (SwimConfig, dead_probe_interval_for, expected_confirmations,
                           push_pull_interval_for, retransmit_limit, suspicion_bounds)
@@ -81,7 +80,7 @@ class Membership:
         self.id = self_id
         self.config = config or SwimConfig.lan()
         self._rng = rng or random.Random()
-        cfg, n = self.config, len(members)
+        n = len(members)
         self._peers: dict[str, _Peer] = {m: _Peer(m) for m in members if m != self_id}
         self._others: list[str] = list(self._peers)
         self._down = _IndexedSet()            # dead or left peers, for the dead probes

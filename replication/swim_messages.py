@@ -6,7 +6,6 @@ readable; everything here is pure data and small pure functions)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 # --- peer states and the one table of transitions ------------------------------------------

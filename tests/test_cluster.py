@@ -269,13 +269,14 @@ def _post(lab, d: NsDaemon, path: str, blob: bytes):
 def test_strangers_forgeries_replays_and_stale_documents_are_refused(cluster):
     lab, nodes = cluster
     member = nodes[1]
+    to_member = {"rcpt": node_id(member)}     # every message names its recipient
     version = status(member)["document"]["version"]
     stale_blob = OLD_DOCUMENT[0]
     assert D.parse(stale_blob).version < version
 
     stranger_key = SigningKey.generate()
     stranger = E.Signer(node_id_of(bytes(stranger_key.verify_key)), stranger_key)
-    r = _post(lab, member, "/cluster/v1/swim", stranger.pack({"t": "gossip"}))
+    r = _post(lab, member, "/cluster/v1/swim", stranger.pack({"t": "gossip", **to_member}))
     assert r.status == 403 and r.problem["code"] == "unknown_sender"
 
     # Messages in node 3's name, signed with its real key (read from its data directory).
@@ -284,24 +285,29 @@ def test_strangers_forgeries_replays_and_stale_documents_are_refused(cluster):
     nodes[3].kill()
     as_m3 = _signer(nodes, 3)
     forged = E.Signer(as_m3.sender_id, SigningKey.generate())
-    r = _post(lab, member, "/cluster/v1/swim", forged.pack({"t": "gossip"}))
+    r = _post(lab, member, "/cluster/v1/swim", forged.pack({"t": "gossip", **to_member}))
     assert r.status == 401 and r.problem["code"] == "bad_signature"
 
-    blob = as_m3.pack({"t": "gossip"})
+    blob = as_m3.pack({"t": "gossip", **to_member})
     assert _post(lab, member, "/cluster/v1/swim", blob).status == 204
     r = _post(lab, member, "/cluster/v1/swim", blob)
     assert r.status == 409 and r.problem["code"] == "replayed_message"
+    # A genuine message for another member, replayed here: refused.
+    for_other = as_m3.pack({"t": "gossip", "rcpt": node_id(nodes[2])})
+    r = _post(lab, member, "/cluster/v1/swim", for_other)
+    assert r.status == 400 and r.problem["code"] == "envelope_misdirected"
 
     # A newer document signed by a member (on the roster, not an admin): forged, refused.
     with open(os.path.join(nodes[0].data_dir, "cluster", "document.bin"), "rb") as f:
         current = D.parse(f.read())
     fake = D.sign(dict(D.evolve(current, time.time(), modes={}), version=version + 100),
                   as_m3.sender_id, _key(nodes, 3))
-    update = {"t": "gossip", "u": [{"k": "doc", "v": fake.version, "d": fake.blob}]}
+    update = {"t": "gossip", "u": [{"k": "doc", "v": fake.version, "d": fake.blob}],
+              **to_member}
     assert _post(lab, member, "/cluster/v1/swim", as_m3.pack(update)).status == 204
     # An older document, really signed by the admin, replayed: stale, ignored.
     update = {"t": "gossip", "u": [{"k": "doc", "v": D.parse(stale_blob).version,
-                                    "d": stale_blob}]}
+                                    "d": stale_blob}], **to_member}
     assert _post(lab, member, "/cluster/v1/swim", as_m3.pack(update)).status == 204
     after = status(member)
     assert after["document"]["version"] == version
@@ -343,5 +349,6 @@ def test_leave_takes_a_node_off_the_roster(cluster):
     wait_until(lambda: lid in [r["node_id"] for r in status(admin)["join_requests"]], 10,
                "its join request")
     leaving.kill()     # (its own messages would be refused after ours, as above)
-    r = _post(lab, nodes[1], "/cluster/v1/swim", _signer(nodes, 3).pack({"t": "gossip"}))
+    r = _post(lab, nodes[1], "/cluster/v1/swim",
+              _signer(nodes, 3).pack({"t": "gossip", "rcpt": node_id(nodes[1])}))
     assert r.status == 403 and r.problem["code"] == "unknown_sender"

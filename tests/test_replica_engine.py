@@ -144,3 +144,42 @@ def test_peer_cursors_only_move_forward(pair):
     R.set_peer_cursor(a, "n-peer", 10)
     R.set_peer_cursor(a, "n-peer", 7)
     assert R.peer_cursor(a, "n-peer") == 10
+
+
+def _crash_after_intent(store, file_id: str, kind: str) -> None:
+    """What a power cut leaves after the first step of a removal: its intent, durable."""
+    from artstored.engine import ids
+    entry = store.get(file_id)
+    with store.env.write() as txn:
+        W.put_intent(txn, store.env, ids.file_id_key(ids.new_file_id()), kind, W.SYSTEM,
+                     file_id=file_id, disk=entry.disk, rel=entry.rel)
+
+
+def test_recovery_finishes_a_release_as_a_release_and_a_delete_with_its_tombstone(tmp_path):
+    config = StoreConfig(data_dir=str(tmp_path / "s"))
+    s = Store(config)
+    kept = upload(s, b"released here, kept elsewhere")
+    gone = upload(s, b"deleted everywhere")
+    _crash_after_intent(s, kept["file_id"], W.FILE_RELEASE)
+    _crash_after_intent(s, gone["file_id"], W.FILE_DELETE)
+    s.close()
+    s = Store(config)                       # recovery resolves both intents
+    try:
+        assert s.stats()["files"] == 0
+        kinds = {r["file_id"]: r["kind"] for r in records(s, W.FILE_RELEASE)
+                 + records(s, W.FILE_DELETE)}
+        # A release must never reach other nodes as a delete (followers apply file.delete).
+        assert kinds == {kept["file_id"]: W.FILE_RELEASE, gone["file_id"]: W.FILE_DELETE}
+        assert not R.is_deleted(s, kept["file_id"])   # it may come back as a replica
+        assert R.is_deleted(s, gone["file_id"])       # it may not
+    finally:
+        s.close()
+
+
+def test_a_replica_cannot_name_its_own_path(pair):
+    a, b = pair
+    attr = upload(a, b"where do I go")
+    for name in ("../../../../tmp/evil", "/etc/passwd", attr["storage_filename"] + "x"):
+        with pytest.raises(R.ReplicaRefused):
+            copy_to(a, b, dict(attr, storage_filename=name), b"where do I go")
+    assert b.stats()["files"] == 0 and not _tmp_files(b)

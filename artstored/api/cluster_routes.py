@@ -12,10 +12,8 @@ the document version each holds, join requests), and on the admin
 
 from __future__ import annotations
 
-import json
 import re
 
-import msgpack
 from aiohttp import web
 
 from ..replication.envelope import MAX_ENVELOPE_BYTES
@@ -69,15 +67,30 @@ async def join(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/msgpack")
 
 
-def _signed(request: web.Request, cluster, kind: str) -> dict:
-    """The message of the signed envelope in the request's header (a roster member's)."""
+def _signed(request: web.Request, cluster, kind: str):
+    """The signed envelope in the request's header (a roster member's, for this node)."""
     header = request.headers.get(RP.HEADER)
     if not header or len(header) > 64 * 1024:
         raise BadRequest(f"send a signed envelope in {RP.HEADER}", code="envelope_malformed")
-    message = cluster.open_request(RP.decode_header(header)).message
-    if not isinstance(message, dict) or message.get("t") != kind:
+    env = cluster.open_request(RP.decode_header(header))
+    if env.message.get("t") != kind:
         raise BadRequest(f"the envelope is not a {kind} request", code="envelope_malformed")
-    return message
+    return env
+
+
+async def _signed_body(request: web.Request, cluster, kind: str):
+    """The signed envelope that is the request's body."""
+    env = cluster.open_request(await _envelope(request))
+    if env.message.get("t") != kind:
+        raise BadRequest(f"the envelope is not a {kind} request", code="envelope_malformed")
+    return env
+
+
+def _answer(cluster, env, kind: str, body: dict) -> web.Response:
+    """An answer signed by this node for the member that asked: nothing on the way can
+    forge or replay it (the asker checks it with ``ClusterNode.open_answer``)."""
+    return web.Response(body=cluster.sign_for(env.sender, {"t": kind, **body}),
+                        content_type="application/msgpack")
 
 
 def _path_file_id(request: web.Request, message: dict) -> str:
@@ -91,19 +104,22 @@ def _path_file_id(request: web.Request, message: dict) -> str:
 async def put_replica(request: web.Request) -> web.Response:
     """A copy of a file another member stored (its attr in the signed header)."""
     cluster = _cluster(request)
-    message = _signed(request, cluster, "replica")
+    env = _signed(request, cluster, "replica")
+    message = env.message
     file_id = _path_file_id(request, message)
     if not isinstance(message.get("attr"), dict) or not isinstance(message.get("origin"),
                                                                     dict):
         raise BadRequest("a replica request carries attr and origin", code="envelope_malformed")
     attr = await cluster.replicator.take_replica(message["attr"], message["origin"],
                                                  request.content.iter_chunked(1 << 20))
-    return json_response({"file_id": file_id, "node": cluster.id,
-                          "version": attr.get("version")}, status=201)
+    response = _answer(cluster, env, "stored", {"file_id": file_id,
+                                                "version": attr.get("version")})
+    response.set_status(201)
+    return response
 
 
-def _attr_header(attr: dict) -> str:
-    return RP.encode_header(json.dumps(attr).encode("utf-8"))
+def _attr_header(cluster, env, attr: dict) -> str:
+    return RP.encode_header(cluster.sign_for(env.sender, {"t": "attr", "attr": attr}))
 
 
 @public
@@ -112,15 +128,17 @@ async def get_replica(request: web.Request) -> web.StreamResponse:
     member that lacks it; ``?meta=1``: the attr only."""
     svc = services(request)
     cluster = _cluster(request)
-    file_id = _path_file_id(request, _signed(request, cluster, "fetch"))
+    env = _signed(request, cluster, "fetch")
+    file_id = _path_file_id(request, env.message)
     if request.query.get("meta") == "1":
         entry = await blocking(svc.store.get, file_id)
-        return web.Response(status=200, headers={RP.ATTR_HEADER: _attr_header(entry.attr)})
+        return web.Response(status=200,
+                            headers={RP.ATTR_HEADER: _attr_header(cluster, env, entry.attr)})
 
     def open_and_build():
         entry, fobj = svc.store.open_content(file_id)
         response = download.build_response(request, entry.attr, fobj)
-        response.headers[RP.ATTR_HEADER] = _attr_header(entry.attr)
+        response.headers[RP.ATTR_HEADER] = _attr_header(cluster, env, entry.attr)
         return response
     return await blocking(open_and_build)
 
@@ -129,16 +147,14 @@ async def get_replica(request: web.Request) -> web.StreamResponse:
 async def changes(request: web.Request) -> web.Response:
     """Records of this node's WAL after a sequence, long-polled (for members)."""
     cluster = _cluster(request)
-    message = cluster.open_request(await _envelope(request)).message
-    if not isinstance(message, dict) or message.get("t") != "changes":
-        raise BadRequest("the envelope is not a changes request", code="envelope_malformed")
+    env = await _signed_body(request, cluster, "changes")
+    message = env.message
     after, limit, wait = message.get("after"), message.get("limit"), message.get("wait")
     if not (type(after) is int and after >= 0 and type(limit) is int and 1 <= limit <= 1000
             and isinstance(wait, (int, float)) and 0 <= wait <= 60):
         raise ValidationError("after >= 0, limit 1-1000, wait 0-60 s", code="invalid_changes")
     batch = await cluster.replicator.changes(after, limit, float(wait))
-    return web.Response(body=msgpack.packb(batch, use_bin_type=True),
-                        content_type="application/msgpack")
+    return _answer(cluster, env, "changes", batch)
 
 
 @public
@@ -146,16 +162,14 @@ async def have(request: web.Request) -> web.Response:
     """Which of the files a member names this node lacks (for anti-entropy)."""
     svc = services(request)
     cluster = _cluster(request)
-    message = cluster.open_request(await _envelope(request)).message
-    ids = message.get("ids") if isinstance(message, dict) and message.get("t") == "have" \
-        else None
+    env = await _signed_body(request, cluster, "have")
+    ids = env.message.get("ids")
     if not isinstance(ids, list) or len(ids) > 10_000:
         raise BadRequest("send {t: have, ids: [...]} (at most 10,000)",
                          code="envelope_malformed")
     missing = await blocking(missing_here, svc.store, ids)
-    answer = {"missing": missing, "document_version": cluster.doc.version}
-    return web.Response(body=msgpack.packb(answer, use_bin_type=True),
-                        content_type="application/msgpack")
+    return _answer(cluster, env, "have",
+                   {"missing": missing, "document_version": cluster.doc.version})
 
 
 @public
@@ -163,10 +177,8 @@ async def digest(request: web.Request) -> web.Response:
     """Anti-entropy digests: of the files this node and the asking member both own, the
     digest of every bucket; or, with ``list``, file id → version in those buckets."""
     cluster = _cluster(request)
-    env = cluster.open_request(await _envelope(request))
+    env = await _signed_body(request, cluster, "digest")
     message = env.message
-    if not isinstance(message, dict) or message.get("t") != "digest":
-        raise BadRequest("send {t: digest, list?: [bucket...]}", code="envelope_malformed")
     wanted = message.get("list")
     if wanted is not None and not (isinstance(wanted, list) and len(wanted) <= 65_536 and
                                    all(type(b) is int and b >= 0 for b in wanted)):
@@ -175,8 +187,7 @@ async def digest(request: web.Request) -> web.Response:
                              None if wanted is None else set(wanted))
     answer = {"digests": listing} if wanted is None else {"files": listing}
     answer["document_version"] = cluster.doc.version
-    return web.Response(body=msgpack.packb(answer, use_bin_type=True),
-                        content_type="application/msgpack")
+    return _answer(cluster, env, "digest", answer)
 
 
 @requires(R.OPERATOR, R.STORAGE_WRITE)

@@ -13,6 +13,7 @@ from ..engine import catalog, replica
 from ..engine.node import b64url
 from ..engine import modes as M
 from ..cluster import reads
+from ..cluster.replicator import QuorumNotReached
 from ..engine.errors import (BadRequest, FileNotFound, NotReady, PreconditionFailed,
                              ValidationError)
 from . import download
@@ -54,9 +55,16 @@ async def upload(request: web.Request) -> web.Response:
     attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
     location = f"/api/v1/files/{attr['file_id']}"
     body = attr
-    if svc.cluster is not None and svc.cluster.membership is not None:
-        holders = await svc.cluster.replicator.replicate_upload(
-            attr, prepared.seq, ack or svc.config["replication.ack"])
+    if svc.cluster is not None:
+        ack = ack or svc.config["replication.ack"]
+        if svc.cluster.membership is None and ack != "local":
+            # Waiting to join (or taken off the roster): there is nobody to copy it to.
+            raise QuorumNotReached(
+                f"stored durably here; this node is not on the cluster's roster, so "
+                f"ack={ack} cannot be met yet", file_id=attr["file_id"],
+                holders=[svc.cluster.id])
+        holders = await svc.cluster.replicator.replicate_upload(attr, prepared.seq, ack) \
+            if svc.cluster.membership is not None else [svc.cluster.id]
         body = {**attr, "replicas": holders}
     return json_response(body, status=201,
                          headers={"Location": location, "ETag": metadata_etag(attr)})

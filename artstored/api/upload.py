@@ -13,7 +13,6 @@ flight per upload: bounded memory, and disk and network overlap).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 

@@ -12,9 +12,12 @@ A node is in one of these states (``ClusterNode.state``):
 - the *authority* (``role = "admin"``): a member that also signs new documents
   (``Authority``) when the roster, a mode, a token key or an account changes.
 
-Whatever document a node holds is on disk (``<data_dir>/cluster/document.bin``) before it
-acts on it, and a node never goes back to an older one. A node holding a document it did
-not sign checks tokens by it (``cluster.tokens``), not by its own account store.
+A document is written to disk (``<data_dir>/cluster/document.bin``) before its roster and
+modes are applied; its token keys and revocations take effect (and it is gossiped on) as
+soon as it is accepted. A node never goes back to an older one, even after a restart. A
+node holding a document it did not sign checks tokens by it (``cluster.tokens``), not by
+its own account store. Every message between members names its recipient (``rcpt``) and
+every answer is signed by the node that gives it.
 """
 
 from __future__ import annotations
@@ -67,6 +70,14 @@ class NotMember(ArtStoreError):
     title = "This node is not on the cluster roster"
 
 
+class Misdirected(E.EnvelopeError):
+    """A genuine message meant for another member."""
+
+    code = "envelope_misdirected"
+    status = 400
+    title = "Message addressed to another node"
+
+
 class ClusterNode:
     """Drive with ``await start()``, ``await stop()``; the HTTP handlers call
     ``receive_swim`` / ``receive_join``; the admin API calls ``admit`` / ``remove`` /
@@ -85,7 +96,8 @@ class ClusterNode:
         self.started_at = time.time()
         self.signer = E.Signer(self.id, identity.key)
         self.replay = E.ReplayState(not_before=self.started_at - 1.0)
-        self.join_replay = E.ReplayState(not_before=self.started_at - 1.0)
+        self.join_replay = E.ReplayState(not_before=self.started_at - 1.0, max_senders=10_000)
+        self.answer_replay = E.ReplayState(not_before=self.started_at - 1.0)
         self.transport = Transport(timeout=max(1.0, self.swim_config.probe_interval),
                                    on_refused=self._peer_refused)
         self.files = ClusterFiles(os.path.join(svc.store.data_dir, "cluster"))
@@ -107,6 +119,7 @@ class ClusterNode:
         self._refresh_now = False
         self._check_roster = False
         self._join_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     def auth_changed(self) -> None:
         """An account, a revocation or a signing key changed here (any thread): the
@@ -165,6 +178,8 @@ class ClusterNode:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
         if self.replicator is not None:
             await self.replicator.stop()
         await self.transport.close()
@@ -211,11 +226,7 @@ class ClusterNode:
             raise NotMember("not on the roster (yet)")
         self.transport.stats["messages_received"] += 1
         self.transport.stats["bytes_received"] += len(data)
-        try:
-            env = E.unpack(data, self.doc.public_keys(), self.replay)
-        except E.EnvelopeError as exc:
-            self._count_refusal(exc.code)
-            raise
+        env = self._open(data, self.replay)
         if isinstance(env.message, dict) and isinstance(env.message.get("dv"), int):
             self.peer_doc_version[env.sender] = env.message["dv"]
         self.peer_heard_at[env.sender] = time.monotonic()
@@ -227,11 +238,36 @@ class ClusterNode:
         if self.doc is None or self.membership is None:
             self._count_refusal(NotMember.code)
             raise NotMember("not on the roster (yet)")
+        return self._open(data, self.replay)
+
+    def _open(self, data: bytes, replay: E.ReplayState) -> E.Envelope:
+        """Check an envelope from a roster member that must be addressed to this node
+        (``rcpt``: a message captured on its way to another member is worth nothing
+        here)."""
         try:
-            return E.unpack(data, self.doc.public_keys(), self.replay)
+            env = E.unpack(data, self.doc.public_keys(), replay)
+            if not isinstance(env.message, dict) or env.message.get("rcpt") != self.id:
+                raise Misdirected(f"a message for {str(env.message.get('rcpt'))[:40]!r}"
+                                  if isinstance(env.message, dict) else "not a map")
         except E.EnvelopeError as exc:
             self._count_refusal(exc.code)
             raise
+        return env
+
+    def sign_for(self, node: str, message: dict) -> bytes:
+        """``message`` signed by this node, addressed to ``node``."""
+        return self.signer.pack({**message, "rcpt": node})
+
+    def open_answer(self, data: bytes, sender: str, kind: str) -> dict:
+        """The body of ``sender``'s signed answer of type ``kind`` to this node; an
+        EnvelopeError if it is not exactly that (forged on the way, replayed, another
+        node's)."""
+        if self.doc is None:
+            raise NotMember("no cluster document")
+        env = self._open(data, self.answer_replay)
+        if env.sender != sender or env.message.get("t") != kind:
+            raise E.MalformedEnvelope(f"expected a {kind} answer from {sender}")
+        return env.message
 
     def receive_join(self, data: bytes) -> bytes:
         """A join request (self-signed by a node that may not be a member). The authority
@@ -264,7 +300,7 @@ class ClusterNode:
         for to, msg in out.messages:
             address = self.doc.address(to) if self.doc is not None else None
             if address is not None:
-                self.transport.send(address, SWIM_PATH, self.signer.pack(msg))
+                self.transport.send(address, SWIM_PATH, self.sign_for(to, msg))
         for event in out.events:
             if event.kind in ("alive", "suspect", "dead", "left", "removed"):
                 log.info("member %s is %s (incarnation %s)", event.node, event.kind,
@@ -290,7 +326,9 @@ class ClusterNode:
             self._count_refusal(D.MalformedDocument.code)
             return False
         self.doc = doc
-        asyncio.get_running_loop().create_task(self._apply_serialized(doc))
+        task = asyncio.get_running_loop().create_task(self._apply_serialized(doc))
+        self._tasks.add(task)           # kept until done: a task nobody holds may vanish
+        task.add_done_callback(self._tasks.discard)
         return True
 
     async def _join_step(self) -> None:
@@ -394,9 +432,10 @@ class ClusterNode:
             # The element's own rules win (e.g. edit is for life): recorded, not retried.
             self.mode_result = {"mode": entry["mode"], "applied": False, "code": exc.code,
                                 "detail": exc.detail, "document": doc.version}
-            await loop.run_in_executor(None, lambda: self.svc.store.record_event(
-                W.CLUSTER_MODE, actor, {**note, "node_id": self.id, "mode": entry["mode"],
-                                        "applied": False, "code": exc.code}))
+            refusal = {**note, "node_id": self.id, "mode": entry["mode"], "applied": False,
+                       "code": exc.code}
+            await loop.run_in_executor(None, self.svc.store.record_event, W.CLUSTER_MODE,
+                                       actor, refusal)
             log.warning("mode %s from document v%s refused: %s", entry["mode"],
                         doc.version, exc.detail)
         await self.files.write_state({"mode_applied_at": entry["at"]})

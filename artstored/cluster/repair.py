@@ -27,27 +27,26 @@ the last full pass and what it found are in ``artstore cluster status`` and /met
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 import aiohttp
-import msgpack
 
 from ..engine import catalog, fixity
 from ..engine import replica as R
-from ..engine.errors import ArtStoreError, BadRequest
+from ..engine.errors import ArtStoreError, BadRequest, StoreCorrupt
 from ..engine.ingest import UploadWriter
 from ..replication import digest as G
 from ..streaming import stream_to_writer
-from .reads import candidates, fetch_object
-from .wire import ATTR_HEADER, DIGEST, HAVE, decode_header
+from .reads import attr_of, candidates, fetch_object
+from .wire import DIGEST, HAVE
 
 log = logging.getLogger("artstored.cluster.repair")
 
 PAGE = 500
 PUSH_CONCURRENCY = 4
 ROSTER_SETTLE_SECONDS = 5.0   # a roster change starts a pass this much later
+SLOW_ANSWER_SECONDS = 120.0   # a digest walks the peer's whole catalog
 
 
 class Repairer:
@@ -196,7 +195,7 @@ class Repairer:
             if me not in owners:
                 handoffs.append(entry.file_id)
                 continue
-            h = G.item_hash(entry.file_id, entry.attr.get("version") or 1)
+            h = G.item_hash(entry.file_id, _stamp(entry.attr))
             b = G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS)
             for peer in owners:
                 if peer != me:
@@ -213,7 +212,7 @@ class Repairer:
             if me in owners and peer in owners and (
                     buckets is None or G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS)
                     in buckets):
-                items[entry.file_id] = entry.attr.get("version") or 1
+                items[entry.file_id] = _stamp(entry.attr)
         return G.digests(items.items(), G.DEFAULT_BUCKETS) if buckets is None else items
 
     async def _sync_pair(self, peer: str, mine: list[int], report: dict) -> None:
@@ -259,8 +258,9 @@ class Repairer:
                                     {}, meta=True) as resp:
                 if resp.status != 200:
                     return 0
-                attr = json.loads(decode_header(resp.headers[ATTR_HEADER]))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError, ValueError):
+                attr = attr_of(self.cluster, resp, peer, file_id)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError,
+                ArtStoreError):
             return 0
         result = await asyncio.get_running_loop().run_in_executor(
             None, lambda: R.apply_update(self.store, attr, origin={"node": peer, "seq": None}))
@@ -272,13 +272,16 @@ class Repairer:
             return None
         try:
             status, body = await self.cluster.transport.request(
-                address, DIGEST, self.cluster.signer.pack(message))
+                address, DIGEST, self.cluster.sign_for(peer, message),
+                timeout=SLOW_ANSWER_SECONDS)
             if status != 200:
                 return None
-            return msgpack.unpackb(body, raw=False, strict_map_key=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
-                msgpack.UnpackException):
+            answer = self.cluster.open_answer(body, peer, "digest")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError):
             return None
+        ok = isinstance(answer.get("digests"), list) if "list" not in message else \
+            isinstance(answer.get("files"), dict)
+        return answer if ok else None
 
     # --- hand-off copies and explicit requests: one question per file ---------------------
 
@@ -287,19 +290,21 @@ class Repairer:
         by_owner: dict[str, list[str]] = {}
         loop = asyncio.get_running_loop()
         held = []
+        asked: dict[str, list[str]] = {}   # file → the owners asked (the release rule's)
+        version = self.cluster.doc.version if self.cluster.doc else None
         for fid in file_ids:
             entry = await loop.run_in_executor(None, self.store.view.entry, fid)
             if entry is None:
                 continue
             held.append(entry.attr)
-            for owner in self.replicator.owners(fid):
+            asked[fid] = self.replicator.owners(fid)
+            for owner in asked[fid]:
                 if owner != me:
                     by_owner.setdefault(owner, []).append(fid)
         if count:
             report["files"] += len(held)
         attrs = {a["file_id"]: a for a in held}
         pushes = []
-        version = self.cluster.doc.version if self.cluster.doc else None
         unsure: set[str] = set()     # files some owner could not confirm
         for owner, ids in by_owner.items():
             answer = await self._missing(owner, ids)
@@ -324,9 +329,10 @@ class Repairer:
         report["push_failures"] += sum(1 for r in results if not r)
         # A copy here that is not an owner's (a hand-off, or owners changed by a join) goes
         # once every owner, on the same roster version, said it holds the file.
+        changed = (self.cluster.doc.version if self.cluster.doc else None) != version
         for fid in attrs:
-            owners = self.replicator.owners(fid)
-            if not owners or me in owners or fid in unsure:
+            owners = asked[fid]
+            if changed or not owners or me in owners or fid in unsure:
                 continue
             note = {"reason": "held by its owners", "owners": owners,
                     "document_version": version}
@@ -342,23 +348,29 @@ class Repairer:
         address = self.cluster.doc.address(owner) if self.cluster.doc else None
         if address is None:
             return None
-        blob = self.cluster.signer.pack({"t": "have", "ids": file_ids})
+        blob = self.cluster.sign_for(owner, {"t": "have", "ids": file_ids})
         try:
-            status, body = await self.cluster.transport.request(address, HAVE, blob)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return None
-        if status != 200:
-            return None
-        try:
-            answer = msgpack.unpackb(body, raw=False)
+            status, body = await self.cluster.transport.request(
+                address, HAVE, blob, timeout=SLOW_ANSWER_SECONDS)
+            if status != 200:
+                return None
+            answer = self.cluster.open_answer(body, owner, "have")
             missing, version = answer["missing"], answer["document_version"]
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError, KeyError):
+            return None
+        if not isinstance(missing, list):
             return None
         return [f for f in missing if isinstance(f, str)], version
 
     def status(self) -> dict:
         return {"last_full_pass": self.last_full_pass, "running": self.running,
                 "interval_seconds": self.interval, "restored": self.restored}
+
+
+def _stamp(attr: dict) -> str:
+    """What must agree between two copies' metadata: its version and when it was made (two
+    concurrent PATCHes give the same version number)."""
+    return f"{attr.get('version') or 1}:{attr.get('updated_at') or ''}"
 
 
 def missing_here(store, file_ids: list) -> list[str]:
@@ -371,9 +383,13 @@ def missing_here(store, file_ids: list) -> list[str]:
         try:
             if R.is_deleted(store, fid):
                 continue
+            entry = store.view.entry(fid)
             fixity = store.view.fixity(fid)
-            if store.view.entry(fid) is None or (fixity and fixity.get("quarantine")):
-                out.append(fid)     # a quarantined copy is not a copy
+            if entry is None or (fixity and fixity.get("quarantine")) or \
+                    not store.disks.get(entry.disk).online:
+                out.append(fid)     # a quarantined copy, or one on an offline disk, is none
         except BadRequest:          # not a file id at all
             continue
+        except StoreCorrupt:        # on a disk that is not configured: not a copy either
+            out.append(fid)
     return out

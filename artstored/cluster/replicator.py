@@ -22,12 +22,10 @@ Requests between nodes carry an envelope signed with the sender's node key (head
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 
 import aiohttp
-import msgpack
 
 from ..engine import replica as R
 from ..engine import wal as W
@@ -35,8 +33,8 @@ from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
 from ..replication import placement as P
 from ..streaming import stream_to_writer
 from .repair import ROSTER_SETTLE_SECONDS, Repairer
-from .wire import (ATTR_HEADER, CHANGES, CONNECT_SECONDS, HEADER, OBJECTS, decode_header,
-                   encode_header)
+from .reads import attr_of
+from .wire import CHANGES, CONNECT_SECONDS, HEADER, OBJECTS, encode_header
 
 log = logging.getLogger("artstored.cluster.replication")
 
@@ -44,6 +42,8 @@ CHUNK = 1 << 20
 FEED_LIMIT = 256
 FEED_WAIT = 20.0
 RETRY_SECONDS = 2.0
+RECORD_TRIES = 5            # a record that fails this often is passed by (and repaired)
+PUSH_GRACE_SECONDS = 3.0    # a new file's own push usually lands within this
 HEDGE_SECONDS = 2.0         # an owner silent this long gets a substitute for the ack
 
 
@@ -67,7 +67,7 @@ class Replicator:
         self._background: set[asyncio.Task] = set()
         self.repairer = Repairer(self, cluster.svc.config["replication.repair_interval_seconds"])
         self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
-                      "updates_applied": 0, "deletes_applied": 0}
+                      "updates_applied": 0, "deletes_applied": 0, "records_passed_by": 0}
 
     # --- life -------------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class Replicator:
         address = self.cluster.doc.address(node) if self.cluster.doc else None
         if address is None:
             return False
-        header = encode_header(self.cluster.signer.pack(
+        header = encode_header(self.cluster.sign_for(node,
             {"t": "replica", "attr": attr,
              "origin": {"node": attr.get("origin_node") or self.cluster.id, "seq": seq}}))
         try:
@@ -220,11 +220,13 @@ class Replicator:
                                                   sock_read=60)) as resp:
                 body = await resp.read()
                 if resp.status in (200, 201):
-                    self.stats["pushed"] += 1
-                    return True
+                    answer = self.cluster.open_answer(body, node, "stored")
+                    if answer.get("file_id") == attr["file_id"]:
+                        self.stats["pushed"] += 1
+                        return True
                 log.warning("push of %s to %s refused: %s %s", attr["file_id"], node,
                             resp.status, body[:200])
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError) as exc:
             log.info("push of %s to %s failed: %s", attr["file_id"], node, exc)
         self.stats["push_failures"] += 1
         return False
@@ -281,25 +283,53 @@ class Replicator:
         """Apply ``peer``'s records for as long as it is on the roster."""
         loop = asyncio.get_running_loop()
         cursor = await loop.run_in_executor(None, R.peer_cursor, self.store, peer)
+        failures: dict[int, int] = {}       # seq → failed attempts
         while True:
             try:
                 batch = await self._fetch_changes(peer, cursor)
-                for record in batch["records"]:
-                    await self._apply(peer, record)
-                    cursor = record["seq"]
-                if batch["records"]:
-                    await loop.run_in_executor(None, R.set_peer_cursor, self.store, peer,
-                                               cursor)
+                records = batch["records"]
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError,
-                    ValueError, KeyError, TypeError) as exc:
+            except Exception as exc:        # unreachable, refused, garbled: ask again
                 log.debug("following %s: %s", peer, exc)
                 await asyncio.sleep(RETRY_SECONDS)
+                continue
+            for record in records:
+                try:
+                    await self._apply(peer, record)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # One record must not stall the feed for good: after a few tries it
+                    # is passed by, and the anti-entropy pass (asked now for that file)
+                    # settles what it would have done.
+                    tries = failures[record["seq"]] = failures.get(record["seq"], 0) + 1
+                    if tries < RECORD_TRIES:
+                        log.info("applying %s's record %s failed (%s); retrying", peer,
+                                 record.get("seq"), exc)
+                        await asyncio.sleep(RETRY_SECONDS)
+                        break
+                    log.warning("passing %s's record %s by after %d failures: %s", peer,
+                                record.get("seq"), tries, exc)
+                    self.stats["records_passed_by"] += 1
+                    if record.get("file_id"):
+                        self.repairer.request([record["file_id"]])
+                failures.pop(record["seq"], None)
+                cursor = record["seq"]
+            await self._save_cursor(peer, cursor)
+
+    async def _save_cursor(self, peer: str, cursor: int) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, R.set_peer_cursor,
+                                                             self.store, peer, cursor)
+        except Exception:
+            # Not saved: after a restart these records are applied again, which changes
+            # nothing (every apply is idempotent).
+            log.exception("saving the cursor of %s failed", peer)
 
     async def _fetch_changes(self, peer: str, after: int) -> dict:
         address = self.cluster.doc.address(peer)
-        blob = self.cluster.signer.pack({"t": "changes", "after": after, "limit": FEED_LIMIT,
+        blob = self.cluster.sign_for(peer, {"t": "changes", "after": after, "limit": FEED_LIMIT,
                                          "wait": FEED_WAIT})
         async with self._session.post(
                 f"http://{address}{CHANGES}", data=blob,
@@ -308,7 +338,7 @@ class Replicator:
             body = await resp.read()
             if resp.status != 200:
                 raise ValueError(f"{peer} answered {resp.status}: {body[:200]!r}")
-            return msgpack.unpackb(body, raw=False)
+            return self.cluster.open_answer(body, peer, "changes")
 
     async def _apply(self, peer: str, record: dict) -> None:
         if record.get("state") != W.COMMITTED:
@@ -317,6 +347,11 @@ class Replicator:
         origin = data.get("origin") or {"node": peer, "seq": record["seq"]}
         loop = asyncio.get_running_loop()
         if kind == W.FILE_CREATE and self.cluster.id in self.owners(file_id):
+            # The node that took the upload pushes it to its owners at once: give that
+            # push time to land before fetching a second copy of the same bytes.
+            age = time.time() - record.get("ts", 0) / 1e6
+            if 0 <= age < PUSH_GRACE_SECONDS:
+                await asyncio.sleep(PUSH_GRACE_SECONDS - age)
             held = await loop.run_in_executor(None, self.store.view.entry, file_id)
             gone = await loop.run_in_executor(None, R.is_deleted, self.store, file_id)
             if held is None and not gone and R.may_take_replicas(self.store):
@@ -336,7 +371,7 @@ class Replicator:
 
     async def pull(self, peer: str, file_id: str, origin: dict) -> None:
         address = self.cluster.doc.address(peer)
-        header = encode_header(self.cluster.signer.pack({"t": "fetch", "file_id": file_id}))
+        header = encode_header(self.cluster.sign_for(peer, {"t": "fetch", "file_id": file_id}))
         try:
             async with self._session.get(
                     f"http://{address}{OBJECTS}{file_id}", headers={HEADER: header},
@@ -346,7 +381,7 @@ class Replicator:
                     return           # deleted there since: its delete record follows
                 if resp.status != 200:
                     raise ValueError(f"{peer} answered {resp.status} for {file_id}")
-                attr = json.loads(decode_header(resp.headers[ATTR_HEADER]))
+                attr = attr_of(self.cluster, resp, peer, file_id)
                 await self.take_replica(attr, origin, resp.content.iter_chunked(CHUNK))
                 self.stats["pulled"] += 1
         except (FileNotFound, FileDeleted):

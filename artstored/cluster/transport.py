@@ -65,15 +65,18 @@ class Transport:
         if status >= 300 and self.on_refused is not None:
             self.on_refused(address, status)
 
-    async def request(self, address: str, path: str, blob: bytes) -> tuple[int, bytes]:
+    async def request(self, address: str, path: str, blob: bytes,
+                      timeout: float | None = None) -> tuple[int, bytes]:
         """POST ``blob`` and return (status, body). Raises aiohttp.ClientError,
-        asyncio.TimeoutError or OSError when the peer cannot be reached."""
+        asyncio.TimeoutError or OSError when the peer cannot be reached (within
+        ``timeout`` seconds, default the gossip's)."""
         assert self._session is not None
         self.stats["messages_sent"] += 1
         self.stats["bytes_sent"] += len(blob)
+        limit = self.timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         async with self._session.post(f"http://{address}{path}", data=blob,
                                       headers={"Content-Type": MSGPACK},
-                                      timeout=self.timeout) as resp:
+                                      timeout=limit) as resp:
             body = await resp.read()
             if resp.status >= 300:
                 self.stats[f"refused_{resp.status}"] += 1

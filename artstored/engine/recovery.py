@@ -29,6 +29,7 @@ from . import wal as W
 from .catalog import CatalogEntry
 from .errors import DiskOffline, StoreCorrupt
 from .objectfiles import hash_file, remove_object_files
+from .replica import put_tombstone
 
 log = logging.getLogger("artstored.engine.recovery")
 
@@ -53,7 +54,7 @@ def recover(store) -> dict:
                 outcome = _resolve_place(store, op_id, intent)
             elif kind == W.FILE_UPDATE:
                 outcome = _resolve_update(store, op_id, intent)
-            elif kind == W.FILE_DELETE:
+            elif kind in (W.FILE_DELETE, W.FILE_RELEASE):
                 outcome = _resolve_delete(store, op_id, intent)
             else:
                 raise StoreCorrupt(f"unknown intent kind {kind!r}")
@@ -81,7 +82,8 @@ def recover(store) -> dict:
 
 
 def _finish(store, op_id: bytes, intent: dict, *, state: str, data: dict | None = None,
-            put: CatalogEntry | None = None, delete: CatalogEntry | None = None) -> None:
+            put: CatalogEntry | None = None, delete: CatalogEntry | None = None,
+            tombstone: bool = False) -> None:
     env = store.env
     actor = W.Actor(intent["actor"]["id"], intent["actor"]["name"])
     with env.write() as txn:
@@ -89,6 +91,8 @@ def _finish(store, op_id: bytes, intent: dict, *, state: str, data: dict | None 
             catalog.put(txn, env, put)
         if delete is not None:
             catalog.delete(txn, env, delete)
+        if tombstone:
+            put_tombstone(txn, env, intent["file_id"], actor, None)
         W.append(txn, env, intent["kind"], actor, state=state, file_id=intent.get("file_id"),
                  data=data or {})
         W.drop_intent(txn, env, op_id)
@@ -201,9 +205,13 @@ def _resolve_update(store, op_id: bytes, intent: dict) -> str:
 
 
 def _resolve_delete(store, op_id: bytes, intent: dict) -> str:
+    """Finish a delete (with its tombstone) or a release of this node's copy (a
+    ``file.release`` record, which no other node applies, and no tombstone)."""
     disk = store.disks.get(intent["disk"])
     remove_object_files(disk.data_path(intent["rel"]))
     with store.env.read() as txn:
         entry = catalog.get(txn, store.env, intent["file_id"])
-    _finish(store, op_id, intent, state=W.COMMITTED, data={"recovered": True}, delete=entry)
+    tombstone = intent["kind"] == W.FILE_DELETE
+    _finish(store, op_id, intent, state=W.COMMITTED, data={"recovered": True}, delete=entry,
+            tombstone=tombstone)
     return "rolled_forward"

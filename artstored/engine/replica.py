@@ -66,9 +66,19 @@ def prepare_replica(store, writer, attr: dict, *, origin: dict,
     if not isinstance(signature, dict) or not verify_signature(A.fixity_payload(attr),
                                                                 signature):
         raise ReplicaRefused(f"replica of {file_id}: the origin's signature does not verify")
-    created = A.parse_time(attr["created_at"])
+    try:
+        created = A.parse_time(attr["created_at"])
+        # The on-disk name is not signed: it must be the one this node would make from the
+        # signed fields (so it can name no path outside objects/).
+        expected = L.storage_filename(A.validate_original_filename(attr["original_filename"]),
+                                      attr.get("created_by_username") or "", created, file_id)
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise ReplicaRefused(f"replica of {file_id}: unusable record ({exc})") from None
+    if attr.get("storage_filename") != expected:
+        raise ReplicaRefused(f"replica of {file_id}: storage_filename is not the one its "
+                             "record gives")
     entry = CatalogEntry(attr=attr, disk=writer.disk.disk_id,
-                         rel=L.object_relpath(created, attr["storage_filename"]))
+                         rel=L.object_relpath(created, expected))
     actor = W.Actor(attr.get("created_by_id") or "system",
                     attr.get("created_by_username") or "system")
     return PreparedUpload(writer=writer, entry=entry, attr_bytes=A.encode(attr), actor=actor,
@@ -120,13 +130,19 @@ def apply_update(store, attr: dict, *, origin: dict) -> str:
 def apply_delete(store, file_id: str, actor: W.Actor, *, origin: dict) -> str:
     """Apply another node's delete: remove the file if it is here, and leave a tombstone
     either way. ``applied``, or ``absent`` (only the tombstone). Durable when it returns."""
+    # Under the mode lock, which the group commit holds while it checks for tombstones and
+    # commits: a replica of this file either committed before (then it is deleted below) or
+    # sees the tombstone and is refused. Never both.
+    with store.mode_lock:
+        if store.view.entry(file_id) is None:
+            with store.env.write() as txn:
+                put_tombstone(txn, store.env, file_id, actor, origin)
+            return ABSENT
     try:
         store.delete(file_id, actor, reason="replicated", check_mode=False, origin=origin)
         return APPLIED
-    except FileNotFound:
-        with store.env.write() as txn:
-            put_tombstone(txn, store.env, file_id, actor, origin)
-        return ABSENT
+    except FileNotFound:             # deleted meanwhile by another path: tombstone is there
+        return ALREADY
 
 
 def put_tombstone(txn, env, file_id: str, actor: W.Actor, origin: dict | None) -> None:

@@ -25,7 +25,7 @@ from .catalog import CatalogEntry
 from .disks import DiskSet, Thresholds, thresholds_for
 from .fixity import Quarantined
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
-                     StoreCorrupt, StoreLocked, UploadTooLarge, ValidationError, storage_error)
+                     StoreLocked, UploadTooLarge, ValidationError, storage_error)
 from .groupcommit import GroupCommitter, PreparedUpload
 from .ingest import BufferedUpload, UploadWriter
 from .lmdb_schema import DEFAULT_MAP_SIZE, META_DISKS, META_ELEMENT, Env
@@ -422,7 +422,7 @@ class Store:
             W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
             replica.put_tombstone(txn, self.env, file_id, actor, origin)
 
-        self._remove(file_id, actor, record, check_mode=check_mode)
+        self._remove(file_id, actor, record, check_mode=check_mode, kind=W.FILE_DELETE)
 
     def release_copy(self, file_id: str, data: dict) -> None:
         """Drop this node's copy of a file that lives on (a hand-off copy, or one whose
@@ -434,9 +434,13 @@ class Store:
                      data={**data, "size": entry.size,
                            "checksum_sha256": entry.attr.get("checksum_sha256")})
 
-        self._remove(file_id, W.SYSTEM, record, check_mode=False)
+        self._remove(file_id, W.SYSTEM, record, check_mode=False, kind=W.FILE_RELEASE)
 
-    def _remove(self, file_id: str, actor: W.Actor, record, *, check_mode: bool) -> None:
+    def _remove(self, file_id: str, actor: W.Actor, record, *, check_mode: bool,
+                kind: str) -> None:
+        """Remove a file's objects and catalog entry; ``record(txn, entry)`` writes what
+        the removal is (a delete or a release). The intent is of the same ``kind``, so a
+        crash in between is finished by recovery as what it was."""
         with self._stripe(file_id):
             entry = self.get(file_id)
             data_path = self.content_path(entry)
@@ -447,7 +451,7 @@ class Store:
                 if check_mode:
                     self.require(M.DELETE)
                 with self.env.write() as txn:
-                    W.put_intent(txn, self.env, op, W.FILE_DELETE, actor, file_id=file_id,
+                    W.put_intent(txn, self.env, op, kind, actor, file_id=file_id,
                                  disk=entry.disk, rel=entry.rel)
                 remove_object_files(data_path)
                 with self.env.write() as txn:
