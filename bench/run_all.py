@@ -16,7 +16,8 @@ import platform
 import shutil
 import time
 
-from . import cluster, core, durability, fuse, hostile, preservation, search, suite, swim
+from . import (cluster, core, durability, fuse, hostile, preservation, replication, search,
+               suite, swim)
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -129,6 +130,9 @@ def main(argv=None) -> int:
         # Real daemons in network namespaces; quick: 3 nodes, 1 kill, 10 s steady.
         results["cluster"] = {"exit": cluster.main(swim_args)}
         timings["cluster"] = round(time.monotonic() - started - sum(timings.values()))
+        # 3 daemons, replication_factor 2; quick: 2 clients, 64 KiB, 5 s of steady load.
+        results["replication"] = {"exit": replication.main(swim_args)}
+        timings["replication"] = round(time.monotonic() - started - sum(timings.values()))
         if not args.quick:   # make test runs the fuzz with a fixed seed already
             from . import fuzz
             results["fuzz"] = {"examples": 20_000, "exit": fuzz.main(["--examples", "20000"])}
