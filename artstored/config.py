@@ -108,6 +108,12 @@ KEYS: tuple[Key, ...] = (
         choices=("admin", "member")),
     Key("cluster", "replication_factor", "int", 2,
         "copies of each file the cluster keeps (a new cluster's policy)", minimum=1),
+    Key("cluster", "authority", "choice", "local",
+        "where the admin state lives: local (the one admin node's disk) or etcd (any admin "
+        "node may sign, etcd's leases decide which; survives the loss of a host)",
+        choices=("local", "etcd")),
+    Key("cluster", "etcd_endpoints", "list", [],
+        "HOST:PORT of the etcd members holding the admin state (authority = etcd)"),
     Key("cluster", "admin_key", "str", "",
         "the admin's node public key (base64url, from `artstore cluster status` on the "
         "admin): a new node accepts a first cluster document only from it (default: from "

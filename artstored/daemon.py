@@ -71,7 +71,10 @@ def open_services(svc: Services) -> None:
     store = Store(store_config(cfg))
     try:
         keyring = KeyRing(store.data_dir)
-        issuer = cfg["auth.issuer"] or f"artstore:{store.node.node_id}"
+        # With several admin nodes (authority = etcd), every one of them mints tokens: they
+        # share the issuer.
+        issuer = cfg["auth.issuer"] or ("artstore:cluster" if cfg["cluster.authority"] == "etcd"
+                                        else f"artstore:{store.node.node_id}")
         svc.keyring = keyring
         svc.tokens = TokenService(keyring, issuer, cfg["auth.token_ttl_seconds"])
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])

@@ -20,8 +20,7 @@ in its own network namespace (``tests/clusterlab.py``'s Cluster), every upload s
   change feed, whether or not a push of the same file was under way).
 
 Goals: lag p99 <= 1 s under the steady load (ours: a copy elsewhere within a second); at
-64 KiB, ack=quorum throughput >= 0.5x ack=local (ours: the second copy costs at most one
-extra hop). Exit status 1 if one is missed. ``--quick``: 2 clients, 40 files per repeat,
+64 KiB, ack=quorum throughput >= 0.7x ack=local (issue 15's goal). Exit status 1 if one is missed. ``--quick``: 2 clients, 40 files per repeat,
 64 KiB only, 5 s of steady load (well under 60 s). Needs root, ``ip`` and ``nft``.
 """
 
@@ -50,7 +49,7 @@ from harness import multipart, wait_until  # noqa: E402
 from netns import NetLab  # noqa: E402
 
 RF = 2
-LAG_GOAL, QUORUM_GOAL = 1.0, 0.5     # seconds; quorum ÷ local files/s at 64 KiB
+LAG_GOAL, QUORUM_GOAL = 1.0, 0.7     # seconds; quorum ÷ local files/s at 64 KiB
 POLL, DRAIN = 0.02, 10.0
 RATE = 20.0                          # files/s of the steady load
 COUNTERS = ("pushed", "push_failures", "pulled", "pull_failures")

@@ -30,6 +30,9 @@ The protocol (SWIM, Das et al. 2002; Lifeguard, Dadgar et al. 2018; memberlist):
   think suspect or dead starts by telling it so. So after a partition each side learns it
   was declared dead, refutes, and the cluster heals without an operator.
 
+The failure detector's steps live in ``swim_probe.py`` and the dissemination's in
+``swim_gossip.py``: mixins over the state this class keeps, split out only for size.
+
 Only roster members are listened to; messages from anyone else are dropped with a
 ``stranger`` event. Signatures and replay protection are the envelope's job
 (``envelope.py``), not this class's.
@@ -46,6 +49,8 @@ from typing import Any
 from .swim_config import (SwimConfig, dead_probe_interval_for, expected_confirmations,
                           push_pull_interval_for, retransmit_limit, suspicion_bounds)
 
+from .swim_gossip import Dissemination, _claim
+from .swim_probe import Probing
 from .swim_messages import (  # noqa: F401  (re-exported: the protocol's vocabulary)
     ACK, ALIVE, DEAD, DOC, Event, GOSSIP, LEFT, MalformedMessage, MemberInfo, NACK,
     NACK_FRACTION, NEVER, NEWER, Output, PEER_TRANSITIONS, PING, PING_REQ, SELF_REFUTES,
@@ -53,7 +58,7 @@ from .swim_messages import (  # noqa: F401  (re-exported: the protocol's vocabul
     _IndexedSet, _Peer, _Probe, _RECEIVED, _SENT, _is_uint, validate_message)
 
 
-class Membership:
+class Membership(Probing, Dissemination):
     """One node's view of the cluster, and the SWIM protocol that keeps it current.
 
     ``roster``: every member's id, this node's included (the cluster document's list);
@@ -392,88 +397,6 @@ class Membership:
             picked.append(node)
         return picked
 
-    # --- probing ----------------------------------------------------------------------------
-
-    def _scale(self) -> int:
-        return self._awareness + 1
-
-    def _adjust_awareness(self, delta: int) -> None:
-        self._awareness = min(max(self._awareness + delta, 0),
-                              self.config.awareness_max_multiplier - 1)
-
-    def _probe_round(self, now: float) -> None:
-        cfg = self.config
-        self._finish_probe()
-        self._arm("probe", None, now + cfg.probe_interval * self._scale())
-        target = self._next_probe_target()
-        if target is None:
-            return
-        seq = self._next_seq()
-        self._probe = _Probe(seq, target)
-        self._acks[seq] = ("probe", target)
-        self._send(target, {"t": PING, "seq": seq, "to": target})
-        self._arm("probe-timeout", seq, now + cfg.probe_timeout * self._scale())
-
-    def _next_probe_target(self) -> str | None:
-        # Round-robin over a shuffled list, reshuffled each pass (SWIM §4.3): every live
-        # member is probed within two passes, not just "eventually" as with random picks.
-        peers = self._peers
-        for _ in range(len(self._others) + 1):
-            if self._probe_index >= len(self._probe_order):
-                self._probe_order = list(self._others)
-                self._rng.shuffle(self._probe_order)
-                self._probe_index = 0
-                if not self._probe_order:
-                    return None
-            node = self._probe_order[self._probe_index]
-            self._probe_index += 1
-            if peers[node].state in (ALIVE, SUSPECT):
-                return node
-        return None
-
-    def _indirect_probe(self, now: float, seq: int) -> None:
-        p = self._probe
-        if p is None or p.seq != seq:
-            return
-        relays = self._random_members(self.config.indirect_checks, p.target,
-                                      lambda peer: peer.state == ALIVE)
-        p.relays = tuple(relays)
-        for r in relays:
-            self._send(r, {"t": PING_REQ, "seq": seq, "to": p.target, "nack": True})
-
-    def _finish_probe(self) -> None:
-        """End of a protocol period: a probe still unanswered has failed."""
-        p, self._probe = self._probe, None
-        if p is None:
-            return
-        self._acks.pop(p.seq, None)
-        self._cancel("probe-timeout", p.seq)
-        # Lifeguard: relays that did not even nack point at *us* (our network, our event
-        # loop); with no relays to ask, every failed probe counts against us.
-        self._adjust_awareness(len(p.relays) - len(p.nacks) if p.relays else 1)
-        peer = self._peers.get(p.target)
-        if peer is not None and peer.state in (ALIVE, SUSPECT):
-            self._stats["probes_failed"] += 1
-            self._apply_member(SUSPECT, p.target, peer.incarnation, self.id)
-
-    def _dead_probe_round(self, now: float) -> None:
-        self._arm("dead-probe", None, now + self._dead_probe_interval)
-        down = self._down.items
-        if not down:
-            return
-        target = down[self._rng.randrange(len(down))]
-        seq = self._next_seq()
-        self._acks[seq] = ("dead-probe", target)
-        # _send prefixes "you are dead at i": the member refutes in its ack.
-        self._send(target, {"t": PING, "seq": seq, "to": target})
-        self._arm("ack-expiry", seq, now + self.config.probe_interval)
-        self._stats["dead_probes"] += 1
-
-    def _suspicion_expired(self, node: str) -> None:
-        peer = self._peers.get(node)
-        if peer is not None and peer.state == SUSPECT:
-            self._apply_member(DEAD, node, peer.incarnation, self.id)
-
     # --- handlers of messages ---------------------------------------------------------------
 
     def _on_ping(self, now: float, sender: str, msg: dict) -> None:
@@ -637,80 +560,6 @@ class Membership:
         self._doc_version, self._doc_value = version, value
         self._events.append(Event("document", None, None, version))
         self._enqueue(_DOC_KEY, {"k": DOC, "v": version, "d": value})
-
-    # --- dissemination ----------------------------------------------------------------------
-
-    def _enqueue(self, key: str, update: dict) -> None:
-        self._order += 1
-        self._queue[key] = [0, self._order, update]
-        if ("gossip", None) not in self._armed:
-            self._arm("gossip", None, self._now + self.config.gossip_interval)
-
-    def _piggyback(self, to: _Peer | None) -> list[dict]:
-        """Updates for one message: the least-sent first (newest among equals), each
-        counted as one transmission and dropped after ``retransmit_limit``."""
-        out: list[dict] = []
-        if to is not None and to.state != ALIVE:
-            # Lifeguard's "buddy system", extended to the dead: tell the member how we see
-            # it, first, so it can refute at once. Not counted as a transmission.
-            out.append(_claim(to.state, to.node, to.incarnation, self.id))
-        if to is not None and to.node in self._doc_behind:
-            # Its last message showed an older document version: bring it up to date
-            # (not counted; gossip's tail, where a member missed every copy, ends here).
-            self._doc_behind.discard(to.node)
-            out.append({"k": DOC, "v": self._doc_version, "d": self._doc_value})
-        q = self._queue
-        if not q:
-            return out
-        cap = self.config.max_piggyback
-        if len(q) <= cap:
-            chosen = list(q.items())
-        else:
-            chosen = heapq.nsmallest(cap, q.items(), key=lambda kv: (kv[1][0], -kv[1][1]))
-        limit = self._retransmit_limit
-        for key, entry in chosen:
-            out.append(entry[2])
-            entry[0] += 1
-            if entry[0] >= limit:
-                del q[key]
-        return out
-
-    def _gossip_round(self, now: float) -> None:
-        if not self._queue:
-            return                  # re-armed by the next _enqueue
-        dead_horizon = now - self.config.gossip_to_the_dead_time
-
-        def usable(peer: _Peer) -> bool:
-            return peer.state in (ALIVE, SUSPECT) or (
-                peer.state == DEAD and peer.since >= dead_horizon)
-
-        for target in self._random_members(self.config.gossip_nodes, None, usable):
-            self._send(target, {"t": GOSSIP})
-            if not self._queue:
-                break
-        if self._queue:
-            self._arm("gossip", None, now + self.config.gossip_interval)
-
-    def _sync_round(self, now: float) -> None:
-        self._arm("sync", None, now + self._sync_interval)
-        targets = self._random_members(1, None, lambda peer: peer.state == ALIVE)
-        if targets:
-            self._send_sync(targets[0], reply=False)
-
-    def _send_sync(self, to: str, *, reply: bool) -> None:
-        members = [[p.node, p.state, p.incarnation] for p in self._peers.values()]
-        members.append([self.id, self._state, self._incarnation])
-        doc = None if self._doc_version is None else [self._doc_version, self._doc_value]
-        self._stats["syncs_sent"] += 1
-        self._send(to, {"t": SYNC, "reply": reply, "members": members, "doc": doc},
-                   piggyback=False)
-
-
-def _claim(state: str, node: str, inc: int, origin: str) -> dict:
-    if state == SUSPECT:
-        return {"k": SUSPECT, "n": node, "i": inc, "f": origin}
-    return {"k": state, "n": node, "i": inc}
-
 
 _HANDLERS = {PING: Membership._on_ping, ACK: Membership._on_ack,
              PING_REQ: Membership._on_ping_req, NACK: Membership._on_nack,

@@ -45,8 +45,8 @@ class Services:
     def require_token_authority(self) -> None:
         """Raise NotAuthority on a cluster node whose tokens and accounts come from the
         admin's document: sign in and manage accounts there."""
-        if self.cluster is not None and self.token_policy is not None and \
-                self.token_policy is not self.accounts:
+        if self.cluster is not None and self.cluster.doc is not None and \
+                not self.cluster.mints_tokens:
             self.cluster.raise_not_authority()
 
     def token_allowed(self, claims) -> bool:

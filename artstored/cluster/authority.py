@@ -40,10 +40,12 @@ class JoinRequest:
     name: str
     first_seen: float
     last_seen: float
+    role: str = "member"
 
     def as_dict(self) -> dict:
         return {"node_id": self.node_id, "address": self.address, "name": self.name,
-                "first_seen": self.first_seen, "last_seen": self.last_seen}
+                "role": self.role, "first_seen": self.first_seen,
+                "last_seen": self.last_seen}
 
 
 @dataclass
@@ -54,6 +56,9 @@ class Authority:
     key: SigningKey
     current: D.Document | None
     joins: dict[str, JoinRequest] = field(default_factory=dict)
+    # With an etcd-backed authority, admin nodes join as admins (any of them may sign);
+    # with a local one there is exactly one admin, and every other node is a member.
+    admins_may_join: bool = False
 
     # --- building documents ---------------------------------------------------------------
 
@@ -81,7 +86,8 @@ class Authority:
             raise NotFound(f"no join request from {node_id!r}: start it with seeds first",
                            code="no_join_request")
         roster = dict(doc.roster)
-        roster[node_id] = {"key": request.key, "address": request.address, "role": "member",
+        role = request.role if self.admins_may_join and request.role in D.ROLES else "member"
+        roster[node_id] = {"key": request.key, "address": request.address, "role": role,
                            "name": request.name, "joined_at": float(now)}
         new = self._sign(D.evolve(doc, now, roster=roster))
         del self.joins[node_id]
@@ -132,7 +138,7 @@ class Authority:
     # --- join requests ----------------------------------------------------------------------
 
     def note_join_request(self, now: float, node_id: str, key: bytes, address: str,
-                          name: str) -> None:
+                          name: str, role: str = "member") -> None:
         """Remember (or refresh) a join request. ValidationError for a request whose id is
         not its key's, or that clashes with a roster member's key."""
         from ..engine.node import node_id_of
@@ -145,7 +151,8 @@ class Authority:
                 raise Conflict("too many pending join requests", code="too_many_join_requests")
         old = self.joins.get(node_id)
         self.joins[node_id] = JoinRequest(node_id, key, address, name[:256],
-                                          old.first_seen if old else now, now)
+                                          old.first_seen if old else now, now,
+                                          role if role in D.ROLES else "member")
 
     def expire_joins(self, now: float) -> None:
         for node_id in [n for n, r in self.joins.items()

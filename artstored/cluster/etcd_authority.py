@@ -6,7 +6,8 @@ and bound to an etcd lease this node keeps alive (etcd's own election recipe). T
 is written only by a transaction that checks, in etcd, that the writer still holds that key
 under its lease: a leader deposed without noticing (paused, cut off) cannot overwrite a
 newer leader's work. Keys: ``leader`` (node id, leased), ``document`` (the signed blob),
-``document_version`` (decimal ASCII), ``joins/<node id>`` (msgpack).
+``document_version`` (decimal ASCII), ``joins/<node id>`` (msgpack), ``admins/<node id>``
+(msgpack: what each admin contributes to the document: its token keys and accounts).
 
 Every call that talks to etcd returns an answer etcd gave or raises ``AuthorityUnavailable``
 after ``timeout`` seconds, trying the endpoints in turn (a member may be down, or cut off
@@ -102,6 +103,7 @@ class EtcdAuthority:
         p = prefix.encode()
         self._k_leader, self._k_doc = p + b"leader", p + b"document"
         self._k_ver, self._k_joins = p + b"document_version", p + b"joins/"
+        self._k_admins = p + b"admins/"
         self._clients: list[aetcd.Client] = []
         self._current = 0                   # the endpoint that answered last
         self._lease_id: int | None = None   # the lease we hold the leader key with
@@ -302,6 +304,20 @@ class EtcdAuthority:
         """Delete ``node_id``'s join request; no error if there is none (idempotent)."""
         await self._call("remove a join request",
                          lambda c: c.delete(self._k_joins + node_id.encode()))
+
+    async def put_contribution(self, node_id: str, info: dict) -> None:
+        """Record what one admin node brings to the document (its token keys and
+        accounts); overwrites its previous contribution. Committed when this returns."""
+        value = msgpack.packb(info, use_bin_type=True)
+        await self._call("record an admin's contribution",
+                         lambda c: c.put(self._k_admins + node_id.encode(), value))
+
+    async def contributions(self) -> dict[str, dict]:
+        """Every admin's contribution, node id -> info (a linearizable read)."""
+        got = await self._call("read the admins' contributions",
+                               lambda c: c.get_prefix(self._k_admins))
+        n = len(self._k_admins)
+        return {kv.key[n:].decode(): msgpack.unpackb(kv.value, raw=False) for kv in got}
 
     # --- plumbing -------------------------------------------------------------------------
 

@@ -39,11 +39,13 @@ from ..auth.tokens import TokenService
 from ..engine import wal as W
 from ..engine.errors import ArtStoreError, Conflict
 from ..engine.node import node_id_of
-from .authority import Authority, token_keys_of
+from .admin import AuthorityOps
+from .authority import Authority
 from .files import ClusterFiles
 from .report import status_of
 from .replicator import Replicator
-from .tokens import DocumentAccounts, DocumentKeys
+from .seat import Seat
+from .tokens import CombinedAccounts, CombinedKeys, DocumentAccounts, DocumentKeys
 from .transport import Transport
 
 log = logging.getLogger("artstored.cluster")
@@ -52,14 +54,6 @@ SWIM_PATH = "/cluster/v1/swim"
 JOIN_PATH = "/cluster/v1/join"
 JOIN_INTERVAL = 2.0          # a pending node repeats its join request this often
 REFRESH_INTERVAL = 1.0       # the authority re-reads accounts and keys this often
-
-
-class NotAuthority(ArtStoreError):
-    """This node does not sign the cluster document: ask an admin."""
-
-    code = "not_the_authority"
-    status = 421
-    title = "This node is not the cluster authority"
 
 
 class NotMember(ArtStoreError):
@@ -78,7 +72,7 @@ class Misdirected(E.EnvelopeError):
     title = "Message addressed to another node"
 
 
-class ClusterNode:
+class ClusterNode(AuthorityOps):
     """Drive with ``await start()``, ``await stop()``; the HTTP handlers call
     ``receive_swim`` / ``receive_join``; the admin API calls ``admit`` / ``remove`` /
     ``set_mode``. Everything runs on the daemon's event loop (not thread-safe)."""
@@ -91,7 +85,8 @@ class ClusterNode:
         self.seeds = [s for s in cfg["cluster.seeds"] if s != self.advertise]
         self.replication_factor = cfg["cluster.replication_factor"]
         self.pinned = _pinned_keys(cfg["cluster.admin_key"])
-        self.token_issuer = cfg["auth.issuer"] or f"artstore:{self.id}"
+        self.token_issuer = svc.tokens.issuer if svc.tokens is not None else \
+            (cfg["auth.issuer"] or f"artstore:{self.id}")
         self.swim_config = swim_config or SwimConfig.lan()
         self.started_at = time.time()
         self.signer = E.Signer(self.id, identity.key)
@@ -104,6 +99,11 @@ class ClusterNode:
         self.doc: D.Document | None = self.files.load_document()
         self.authority = Authority(self.id, identity.key, self.doc) \
             if self.role == "admin" else None
+        # authority = etcd: every admin node has a seat; etcd's lease says who signs.
+        self.seat = Seat(self, cfg["cluster.etcd_endpoints"]) \
+            if self.authority is not None and cfg["cluster.authority"] == "etcd" else None
+        if self.seat is not None:
+            self.authority.admins_may_join = True
         self.membership: Membership | None = None
         self.replicator: Replicator | None = None
         self.refused: dict[str, int] = {}
@@ -148,8 +148,17 @@ class ClusterNode:
 
     @property
     def is_authority(self) -> bool:
+        """Whether this node signs the cluster document now."""
+        if self.seat is not None:
+            return self.seat.is_leader and self.doc is not None
         return self.authority is not None and (self.doc is None or self.doc.signer == self.id
                                                or self.id in self.doc.admins())
+
+    @property
+    def mints_tokens(self) -> bool:
+        """Whether sign-in and account management are served here: on the one admin
+        (local authority), or on every admin node (etcd)."""
+        return self.authority is not None and (self.seat is not None or self.is_authority)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -158,7 +167,9 @@ class ClusterNode:
         if self.role == "admin":
             self.svc.accounts.change_listeners.append(self.auth_changed)
         await self.transport.start()
-        if self.authority is not None and self.doc is None and not self.seeds:
+        if self.seat is not None:
+            await self.seat.start()
+        elif self.authority is not None and self.doc is None and not self.seeds:
             async with self._lock:
                 first = self.authority.bootstrap(
                     time.time(), address=self.advertise, name=self.identity.name,
@@ -182,10 +193,12 @@ class ClusterNode:
             task.cancel()
         if self.replicator is not None:
             await self.replicator.stop()
+        if self.seat is not None:
+            await self.seat.close()   # its lease goes at once: another admin leads
         await self.transport.close()
 
     async def _run(self) -> None:
-        next_join = next_refresh = 0.0
+        next_join = next_refresh = next_seat = 0.0
         while not self._stopping:
             now = time.monotonic()
             try:
@@ -194,6 +207,9 @@ class ClusterNode:
                     # Its own task: an unreachable seed must not hold up the probes.
                     next_join, self._check_roster = now + JOIN_INTERVAL, False
                     self._join_task = self._loop.create_task(self._join_step())
+                if self.seat is not None and now >= next_seat:
+                    next_seat = now + REFRESH_INTERVAL
+                    await self.seat.step()
                 if self.is_authority and self.doc is not None and (
                         now >= next_refresh or self._refresh_now):
                     next_refresh, self._refresh_now = now + REFRESH_INTERVAL, False
@@ -206,7 +222,8 @@ class ClusterNode:
                 # A bug here must not stop the gossip for good; it is logged with its trace.
                 log.exception("cluster loop step failed")
             deadline = min(next_join if self.membership is None else float("inf"),
-                           next_refresh if self.is_authority else float("inf"))
+                           next_refresh if self.is_authority else float("inf"),
+                           next_seat if self.seat is not None else float("inf"))
             if self.membership is not None:
                 deadline = min(deadline, self.membership.next_deadline() or deadline)
             timeout = min(max(deadline - time.monotonic(), 0.0), 1.0)
@@ -281,13 +298,18 @@ class ClusterNode:
         except E.EnvelopeError as exc:
             self._count_refusal(exc.code)
             raise
-        if self.is_authority and self.doc is not None and env.sender not in self.doc.roster:
-            new = env.sender not in self.authority.joins
-            self.authority.note_join_request(time.time(), env.sender, msg["key"],
-                                             msg["address"], msg["name"])
-            if new:
-                log.info("join request from %s (%s at %s)", env.sender, msg["name"][:64],
-                         msg["address"][:64])
+        role = msg.get("role") if msg.get("role") in D.ROLES else "member"
+        if self.doc is not None and env.sender not in self.doc.roster:
+            if self.seat is not None:      # every admin records it for whoever leads
+                self.seat.note_join(env.sender, msg["key"], msg["address"], msg["name"][:256],
+                                    role)
+            if self.is_authority:
+                new = env.sender not in self.authority.joins
+                self.authority.note_join_request(time.time(), env.sender, msg["key"],
+                                                 msg["address"], msg["name"], role=role)
+                if new:
+                    log.info("join request from %s (%s at %s)", env.sender,
+                             msg["name"][:64], msg["address"][:64])
         return msgpack.packb({"document": self.doc.blob if self.doc else None,
                               "state": self.state}, use_bin_type=True)
 
@@ -339,7 +361,7 @@ class ClusterNode:
 
     async def _ask_to_join(self) -> None:
         message = {"t": "join", "key": bytes(self.identity.key.verify_key),
-                   "address": self.advertise, "name": self.identity.name}
+                   "address": self.advertise, "name": self.identity.name, "role": self.role}
         targets = list(dict.fromkeys(
             self.seeds + ([self.doc.address(a) for a in self.doc.admins()] if self.doc else [])))
         for address in targets:
@@ -398,7 +420,7 @@ class ClusterNode:
             log.warning("taken off the roster by document v%s: membership stopped",
                         doc.version)
             self.membership = None
-        if doc.signer != self.id or not self.is_authority:
+        if self.seat is not None or doc.signer != self.id or not self.is_authority:
             self._use_document_auth(doc)
         if self.replicator is not None:
             self.replicator.roster_changed()
@@ -406,6 +428,14 @@ class ClusterNode:
 
     def _use_document_auth(self, doc: D.Document) -> None:
         svc = self.svc
+        if self.seat is not None:
+            # An admin of an etcd-backed authority mints with its own keys and accounts,
+            # and honours every other admin's tokens by the document.
+            if not isinstance(getattr(svc.tokens, "keyring", None), CombinedKeys):
+                svc.tokens = TokenService(CombinedKeys(svc.keyring, self._keys),
+                                          svc.tokens.issuer, svc.config["auth.token_ttl_seconds"])
+                svc.token_policy = CombinedAccounts(svc.accounts, self._accounts)
+            return
         if not isinstance(getattr(svc.tokens, "keyring", None), DocumentKeys) or \
                 svc.tokens.issuer != doc.token_issuer:
             svc.tokens = TokenService(self._keys, doc.token_issuer,
@@ -439,69 +469,6 @@ class ClusterNode:
             log.warning("mode %s from document v%s refused: %s", entry["mode"],
                         doc.version, exc.detail)
         await self.files.write_state({"mode_applied_at": entry["at"]})
-
-    # --- the authority ----------------------------------------------------------------------
-
-    def raise_not_authority(self) -> None:
-        admins = [self.doc.address(a) for a in self.doc.admins()] if self.doc else []
-        raise NotAuthority("send this to the cluster's admin", authority=admins)
-
-    def _require_authority(self) -> Authority:
-        if not self.is_authority or self.doc is None:
-            self.raise_not_authority()
-        return self.authority
-
-    async def admit(self, node_id: str, actor: W.Actor) -> dict:
-        """Put a node that asked to join on the roster. Durable (and spreading) when it
-        returns; idempotent."""
-        async with self._lock:
-            doc = self._require_authority().admit(time.time(), node_id)
-            if doc is not None:
-                await self._publish(doc, W.CLUSTER_ROSTER, actor,
-                                    {"node_id": node_id, "change": "join"})
-        return self.status()
-
-    async def remove(self, node_id: str, actor: W.Actor) -> dict:
-        """Take a node off the roster (idempotent)."""
-        async with self._lock:
-            doc = self._require_authority().remove(time.time(), node_id)
-            if doc is not None:
-                await self._publish(doc, W.CLUSTER_ROSTER, actor,
-                                    {"node_id": node_id, "change": "leave"})
-        return self.status()
-
-    async def set_mode(self, node_id: str, mode: str, actor: W.Actor) -> dict:
-        async with self._lock:
-            doc = self._require_authority().set_mode(time.time(), node_id, mode,
-                                                     by_id=actor.id, by_name=actor.name)
-            await self._publish(doc, W.CLUSTER_MODE, actor, {"node_id": node_id,
-                                                              "mode": mode})
-        return self.status()
-
-    async def _refresh_authority(self) -> None:
-        loop = asyncio.get_running_loop()
-        accounts, revoked = await loop.run_in_executor(None, self.svc.accounts.cluster_state)
-        keys = token_keys_of(self.svc.keyring)
-        async with self._lock:
-            doc = self.authority.refresh(time.time(), token_keys=keys, accounts=accounts,
-                                         revoked=revoked)
-            if doc is not None:
-                await self._publish(doc, None, None, None)
-
-    async def _publish(self, doc: D.Document, event: str | None, actor, data) -> None:
-        """Persist (and audit) a document this admin signed, then spread it."""
-        await self.files.persist(doc)
-        if event is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.svc.store.record_event(
-                    event, actor, {**data, "document": doc.version}))
-        previous, self.doc = self.doc, doc
-        self.authority.adopt(doc)
-        if self.membership is not None:
-            self._handle(self.membership.publish_document(time.monotonic(), doc.version,
-                                                          doc.blob))
-        if previous is None or previous.roster != doc.roster or previous.modes != doc.modes:
-            await self._apply(doc)
 
     # --- what the API shows -----------------------------------------------------------------
 

@@ -64,6 +64,7 @@ class Replicator:
         self.ack_timeout = cluster.svc.config["replication.ack_timeout_seconds"]
         self._session: aiohttp.ClientSession | None = None
         self._followers: dict[str, asyncio.Task] = {}
+        self._weights: tuple | None = None
         self._background: set[asyncio.Task] = set()
         self.repairer = Repairer(self, cluster.svc.config["replication.repair_interval_seconds"])
         self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
@@ -115,12 +116,20 @@ class Replicator:
 
     # --- placement --------------------------------------------------------------------------
 
+    def weights(self) -> dict[str, float]:
+        """Placement weights of the roster (cached per document version)."""
+        doc = self.cluster.doc
+        if self._weights is None or self._weights[0] is not doc:
+            self._weights = (doc, {n: float(m.get("weight", 1.0))
+                                   for n, m in doc.roster.items()})
+        return self._weights[1]
+
     def owners(self, file_id: str) -> list[str]:
+        """The file's owners under the roster of the document this node holds."""
         doc = self.cluster.doc
         if doc is None:
             return [self.cluster.id]
-        weights = {n: float(m.get("weight", 1.0)) for n, m in doc.roster.items()}
-        return P.owners(file_id, weights, doc.replication_factor)
+        return P.owners(file_id, self.weights(), doc.replication_factor)
 
     # --- push (the acknowledgement) ---------------------------------------------------------
 
@@ -146,8 +155,7 @@ class Replicator:
         else:
             needed = P.quorum(len(owners)) - 1        # this node's copy counts
             doc = self.cluster.doc
-            ranking = P.owners(file_id, {n: float(m.get("weight", 1.0))
-                                         for n, m in doc.roster.items()}, len(doc.roster))
+            ranking = P.owners(file_id, self.weights(), len(doc.roster))
             spare = [n for n in ranking if n not in owners and n != me]
         holders = [me]
         # Owners the membership does not hold alive go to the back of the queue, behind

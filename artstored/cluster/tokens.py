@@ -54,3 +54,38 @@ class DocumentAccounts:
         account = doc.accounts.get(sub)
         return account is not None and account["status"] == "active" and \
             account["generation"] == generation
+
+
+class CombinedKeys:
+    """An admin node of an etcd-backed cluster: its own signing keys and every other
+    admin's (from the document), so a token any admin minted verifies here."""
+
+    def __init__(self, own, document: DocumentKeys):
+        self.own, self.document = own, document
+
+    # TokenService.issue signs with these: this node mints with its own keys.
+    @property
+    def active_key(self):
+        return self.own.active_key
+
+    @property
+    def active_kid(self) -> str:
+        return self.own.active_kid
+
+    def verifying_keys(self, now: float) -> dict:
+        return {**self.document.verifying_keys(now), **self.own.verifying_keys(now)}
+
+    def accepts(self, kid: str, now: float) -> bool:
+        return self.own.accepts(kid, now) or self.document.accepts(kid, now)
+
+
+class CombinedAccounts:
+    """Its own accounts for the tokens it minted; the document for the others'."""
+
+    def __init__(self, own, document: DocumentAccounts):
+        self.own, self.document = own, document
+
+    def token_allowed(self, sub: str, generation: int, jti: str) -> bool:
+        if self.own.find(sub) is not None:
+            return self.own.token_allowed(sub, generation, jti)
+        return self.document.token_allowed(sub, generation, jti)
