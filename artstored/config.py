@@ -128,6 +128,9 @@ KEYS: tuple[Key, ...] = (
     Key("replication", "repair_interval_seconds", "float", 3600.0,
         "how often a full anti-entropy pass checks that every owner of each file held here "
         "has it (also soon after any roster change, and on request)", minimum=1),
+    Key("replication", "tombstone_days", "float", 30.0,
+        "a deleted file's tombstone is forgotten after this many days, and only once every "
+        "roster member confirms it holds no copy", minimum=0),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "

@@ -13,7 +13,8 @@ Body fields (``Document`` exposes them):
 - ``version`` (int, grows by one per change), ``issued_at`` (admin's clock, seconds),
   ``signer`` (the admin node that signed), ``token_issuer`` (the ``iss`` of every token);
 - ``roster``: node id → {``key`` (32-byte Ed25519 public key), ``address`` (HOST:PORT),
-  ``role`` (admin | member), ``name``, ``joined_at``};
+  ``role`` (admin | member), ``name``, ``joined_at``, ``weight`` (its capacity in TB when
+  it joined: placement gives it files in proportion)};
 - ``modes``: node id → {``mode``, ``by`` {id, name}, ``at``}: a mode the admin set for
   that element (each element applies and records it, with who and when);
 - ``policy``: {``replication_factor``};
@@ -253,6 +254,9 @@ def _check_body(body) -> None:
         _require(m.get("role") in ROLES, f"{node}: role")
         _require(isinstance(m.get("name"), str), f"{node}: name")
         _require(_is_time(m.get("joined_at")), f"{node}: joined_at")
+        _require("weight" not in m or (isinstance(m["weight"], (int, float))
+                                       and not isinstance(m["weight"], bool)
+                                       and 0 < m["weight"] < 1e9), f"{node}: weight")
     modes = body.get("modes")
     _require(isinstance(modes, dict), "modes")
     for node, m in modes.items():

@@ -49,6 +49,8 @@ def test_admins_share_the_authority_through_etcd(make_daemon, etcd):
         assert r.status == 200, r.body
     roster = {m["node_id"]: m["role"] for m in api_a.get("/api/v1/cluster").json()["members"]}
     assert roster == {_node_id(a): "admin", _node_id(b): "admin", _node_id(c): "member"}
+    wait_until(lambda: {m["state"] for m in api_a.get("/api/v1/cluster").json()["members"]}
+               == {"alive"}, 30, "the three nodes alive")
 
     # Each admin mints tokens; both verify on the member.
     token_a = a.admin_token()
@@ -77,7 +79,7 @@ def test_admins_share_the_authority_through_etcd(make_daemon, etcd):
                                      json_body={"mode": "ro"}).status == 200, 15,
                "a mode change accepted by the new leader")
     wait_until(lambda: Api(c.port, token_b).get("/api/v1/element").json()["mode"] == "ro",
-               15, "the mode set through the new leader on the member")
+               30, "the mode set through the new leader on the member")
     doc = Api(c.port, token_b).get("/api/v1/cluster").json()["document"]
     assert doc["signer"] == _node_id(b)
     # Tokens of the lost admin still verify: its keys stayed in the document.

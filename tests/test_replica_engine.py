@@ -183,3 +183,16 @@ def test_a_replica_cannot_name_its_own_path(pair):
         with pytest.raises(R.ReplicaRefused):
             copy_to(a, b, dict(attr, storage_filename=name), b"where do I go")
     assert b.stats()["files"] == 0 and not _tmp_files(b)
+
+
+def test_old_tombstones_are_listed_and_purged(pair):
+    a, _ = pair
+    for i in range(3):
+        R.apply_delete(a, f"01a21e26-0000-7000-8000-00000000000{i}", BOB,
+                       origin={"node": "n-x", "seq": i})
+    assert R.old_tombstones(a, before=0.0) == []           # none older than the epoch
+    old = R.old_tombstones(a, before=2e9)
+    assert len(old) == 3 and all(R.is_deleted(a, f) for f in old)
+    assert R.purge_tombstones(a, old[:2]) == 2
+    assert [R.is_deleted(a, f) for f in old] == [False, False, True]
+    assert R.purge_tombstones(a, old[:2]) == 0             # idempotent

@@ -20,7 +20,7 @@ from ..replication.envelope import MAX_ENVELOPE_BYTES
 
 from ..auth import roles as R
 from ..cluster import wire as RP
-from ..cluster.repair import missing_here
+from ..cluster.repair import held_here, missing_here
 from ..engine.errors import BadRequest, NotFound, UploadTooLarge, ValidationError
 from . import download
 from .app import actor_of, public, requires
@@ -167,6 +167,10 @@ async def have(request: web.Request) -> web.Response:
     if not isinstance(ids, list) or len(ids) > 10_000:
         raise BadRequest("send {t: have, ids: [...]} (at most 10,000)",
                          code="envelope_malformed")
+    if env.message.get("held"):
+        # The tombstone question: which of these does this node still hold?
+        return _answer(cluster, env, "have", {"held": await blocking(held_here, svc.store,
+                                                                     ids)})
     missing = await blocking(missing_here, svc.store, ids)
     return _answer(cluster, env, "have",
                    {"missing": missing, "document_version": cluster.doc.version})

@@ -41,10 +41,11 @@ class JoinRequest:
     first_seen: float
     last_seen: float
     role: str = "member"
+    weight: float = 1.0            # its capacity in TB (placement weight)
 
     def as_dict(self) -> dict:
         return {"node_id": self.node_id, "address": self.address, "name": self.name,
-                "role": self.role, "first_seen": self.first_seen,
+                "role": self.role, "weight": self.weight, "first_seen": self.first_seen,
                 "last_seen": self.last_seen}
 
 
@@ -63,14 +64,15 @@ class Authority:
     # --- building documents ---------------------------------------------------------------
 
     def bootstrap(self, now: float, *, address: str, name: str, token_issuer: str,
-                  replication_factor: int) -> D.Document:
+                  replication_factor: int, weight: float = 1.0) -> D.Document:
         """Version 1 of a new cluster: this node alone, as its admin. Only when it holds no
         document yet (RuntimeError otherwise)."""
         if self.current is not None:
             raise RuntimeError("this admin already holds a cluster document")
         body = D.empty_body(token_issuer=token_issuer, replication_factor=replication_factor)
         roster = {self.node_id: {"key": bytes(self.key.verify_key), "address": address,
-                                 "role": "admin", "name": name, "joined_at": float(now)}}
+                                 "role": "admin", "name": name, "joined_at": float(now),
+                                 "weight": weight}}
         return self._sign(D.evolve(body, now, roster=roster))
 
     def admit(self, now: float, node_id: str) -> D.Document | None:
@@ -88,7 +90,8 @@ class Authority:
         roster = dict(doc.roster)
         role = request.role if self.admins_may_join and request.role in D.ROLES else "member"
         roster[node_id] = {"key": request.key, "address": request.address, "role": role,
-                           "name": request.name, "joined_at": float(now)}
+                           "name": request.name, "joined_at": float(now),
+                           "weight": request.weight}
         new = self._sign(D.evolve(doc, now, roster=roster))
         del self.joins[node_id]
         return new
@@ -138,7 +141,7 @@ class Authority:
     # --- join requests ----------------------------------------------------------------------
 
     def note_join_request(self, now: float, node_id: str, key: bytes, address: str,
-                          name: str, role: str = "member") -> None:
+                          name: str, role: str = "member", weight: float = 1.0) -> None:
         """Remember (or refresh) a join request. ValidationError for a request whose id is
         not its key's, or that clashes with a roster member's key."""
         from ..engine.node import node_id_of
@@ -150,9 +153,13 @@ class Authority:
             if len(self.joins) >= 1000:
                 raise Conflict("too many pending join requests", code="too_many_join_requests")
         old = self.joins.get(node_id)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or \
+                not 0 < weight < 1e9:
+            weight = 1.0
         self.joins[node_id] = JoinRequest(node_id, key, address, name[:256],
                                           old.first_seen if old else now, now,
-                                          role if role in D.ROLES else "member")
+                                          role if role in D.ROLES else "member",
+                                          float(weight))
 
     def expire_joins(self, now: float) -> None:
         for node_id in [n for n, r in self.joins.items()

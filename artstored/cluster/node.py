@@ -173,7 +173,9 @@ class ClusterNode(AuthorityOps):
             async with self._lock:
                 first = self.authority.bootstrap(
                     time.time(), address=self.advertise, name=self.identity.name,
-                    token_issuer=self.token_issuer, replication_factor=self.replication_factor)
+                    token_issuer=self.token_issuer, replication_factor=self.replication_factor,
+                    weight=await asyncio.get_running_loop().run_in_executor(
+                        None, self.capacity_weight))
                 await self.files.persist(first)
                 self.doc = first
                 self.authority.adopt(first)
@@ -238,6 +240,8 @@ class ClusterNode(AuthorityOps):
     def receive_swim(self, data: bytes) -> None:
         """One envelope from a peer. Raises an EnvelopeError (refused: bad signature,
         stranger, replay, stale) or NotMember; otherwise the message is handled."""
+        if self.doc is not None and self.membership is None:
+            self._documents_from_stranger_gossip(data)
         if self.doc is None or self.membership is None:
             self._count_refusal(NotMember.code)
             raise NotMember("not on the roster (yet)")
@@ -248,6 +252,24 @@ class ClusterNode(AuthorityOps):
             self.peer_doc_version[env.sender] = env.message["dv"]
         self.peer_heard_at[env.sender] = time.monotonic()
         self._handle(self.membership.receive(time.monotonic(), env.sender, env.message))
+
+    def _documents_from_stranger_gossip(self, data: bytes) -> None:
+        """Not on the roster as far as this node knows, yet a roster member gossips to it:
+        it was admitted and missed the news (the admin that admitted it may be gone). Take
+        any newer document the message carries (checked as always); with it on the
+        roster, membership starts."""
+        try:
+            env = self._open(data, self.replay)
+        except E.EnvelopeError:
+            return
+        msg = env.message
+        docs = [(u.get("v"), u.get("d")) for u in msg.get("u") or []
+                if isinstance(u, dict) and u.get("k") == "doc"]
+        if isinstance(msg.get("doc"), (list, tuple)) and len(msg["doc"]) == 2:
+            docs.append(tuple(msg["doc"]))
+        for version, blob in docs:
+            if isinstance(version, int) and (self.doc is None or version > self.doc.version):
+                self._check_document(version, blob)
 
     def open_request(self, data: bytes) -> E.Envelope:
         """A request from a roster member (a signed envelope, as for the gossip): the
@@ -302,16 +324,23 @@ class ClusterNode(AuthorityOps):
         if self.doc is not None and env.sender not in self.doc.roster:
             if self.seat is not None:      # every admin records it for whoever leads
                 self.seat.note_join(env.sender, msg["key"], msg["address"], msg["name"][:256],
-                                    role)
+                                    role, msg.get("weight", 1.0))
             if self.is_authority:
                 new = env.sender not in self.authority.joins
                 self.authority.note_join_request(time.time(), env.sender, msg["key"],
-                                                 msg["address"], msg["name"], role=role)
+                                                 msg["address"], msg["name"], role=role,
+                                                 weight=msg.get("weight", 1.0))
                 if new:
                     log.info("join request from %s (%s at %s)", env.sender,
                              msg["name"][:64], msg["address"][:64])
         return msgpack.packb({"document": self.doc.blob if self.doc else None,
                               "state": self.state}, use_bin_type=True)
+
+    def capacity_weight(self) -> float:
+        """This node's placement weight: the total bytes of its online disks, in TB
+        (blocking: asks the filesystems)."""
+        total = self.svc.store.capacity().get("total_bytes") or 0
+        return max(round(total / 1e12, 6), 1e-6)
 
     def _count_refusal(self, code: str) -> None:
         self.refused[code] = self.refused.get(code, 0) + 1
@@ -361,9 +390,19 @@ class ClusterNode(AuthorityOps):
 
     async def _ask_to_join(self) -> None:
         message = {"t": "join", "key": bytes(self.identity.key.verify_key),
-                   "address": self.advertise, "name": self.identity.name, "role": self.role}
-        targets = list(dict.fromkeys(
-            self.seeds + ([self.doc.address(a) for a in self.doc.admins()] if self.doc else [])))
+                   "address": self.advertise, "name": self.identity.name, "role": self.role,
+                   "weight": await asyncio.get_running_loop().run_in_executor(
+                       None, self.capacity_weight)}
+        # Seeds, the admins of the document held, then a few other members: any member
+        # answers with the document it holds, so a node admitted by an admin that is gone
+        # since still learns it is on the roster.
+        others = []
+        if self.doc is not None:
+            others = [self.doc.address(a) for a in self.doc.admins()]
+            rest = [m["address"] for n, m in self.doc.roster.items() if n != self.id]
+            random.shuffle(rest)
+            others += rest[:8]
+        targets = list(dict.fromkeys(self.seeds + others))
         for address in targets:
             if address == self.advertise:
                 continue

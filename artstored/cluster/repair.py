@@ -50,11 +50,12 @@ SLOW_ANSWER_SECONDS = 120.0   # a digest walks the peer's whole catalog
 
 
 class Repairer:
-    def __init__(self, replicator, interval: float):
+    def __init__(self, replicator, interval: float, tombstone_days: float = 30.0):
         self.replicator = replicator
         self.cluster = replicator.cluster
         self.store = replicator.store
         self.interval = interval
+        self.tombstone_days = tombstone_days
         self.last_full_pass: dict | None = None
         self.restored = 0
         self.running: dict | None = None
@@ -153,6 +154,7 @@ class Repairer:
             handoffs = scan["handoffs"]
             for i in range(0, len(handoffs), PAGE):
                 await self._check(handoffs[i:i + PAGE], report, count=False)
+            report["tombstones_purged"] = await self._purge_tombstones()
         finally:
             self.running = None
         report["finished_at"] = time.time()
@@ -283,6 +285,42 @@ class Repairer:
             isinstance(answer.get("files"), dict)
         return answer if ok else None
 
+    # --- tombstones: kept until no member holds the file and a while has passed -----------
+
+    async def _purge_tombstones(self) -> int:
+        """Forget tombstones older than ``replication.tombstone_days`` that every other
+        roster member confirms it holds no copy of (a member that does not answer keeps
+        them all). Returns how many went."""
+        loop = asyncio.get_running_loop()
+        before = time.time() - self.tombstone_days * 86400
+        old = await loop.run_in_executor(None, R.old_tombstones, self.store, before)
+        if not old or self.cluster.doc is None:
+            return 0
+        held: set[str] = set()
+        for peer in self.cluster.doc.roster:
+            if peer == self.cluster.id:
+                continue
+            answer = await self._ask_held(peer, old)
+            if answer is None:
+                return 0
+            held.update(answer)
+        gone = [f for f in old if f not in held]
+        return await loop.run_in_executor(None, R.purge_tombstones, self.store, gone)
+
+    async def _ask_held(self, peer: str, file_ids: list[str]) -> list[str] | None:
+        address = self.cluster.doc.address(peer)
+        try:
+            status, body = await self.cluster.transport.request(
+                address, HAVE, self.cluster.sign_for(peer, {"t": "have", "ids": file_ids,
+                                                            "held": True}),
+                timeout=SLOW_ANSWER_SECONDS)
+            if status != 200:
+                return None
+            held = self.cluster.open_answer(body, peer, "have").get("held")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ArtStoreError):
+            return None
+        return held if isinstance(held, list) else None
+
     # --- hand-off copies and explicit requests: one question per file ---------------------
 
     async def _check(self, file_ids: list[str], report: dict, count: bool = True) -> None:
@@ -371,6 +409,18 @@ def _stamp(attr: dict) -> str:
     """What must agree between two copies' metadata: its version and when it was made (two
     concurrent PATCHes give the same version number)."""
     return f"{attr.get('version') or 1}:{attr.get('updated_at') or ''}"
+
+
+def held_here(store, file_ids: list) -> list[str]:
+    """Of ``file_ids``, those this node holds a live copy of (blocking)."""
+    out = []
+    for fid in file_ids:
+        try:
+            if isinstance(fid, str) and len(fid) <= 64 and store.view.entry(fid) is not None:
+                out.append(fid)
+        except BadRequest:
+            continue
+    return out
 
 
 def missing_here(store, file_ids: list) -> list[str]:

@@ -66,7 +66,9 @@ class Replicator:
         self._followers: dict[str, asyncio.Task] = {}
         self._weights: tuple | None = None
         self._background: set[asyncio.Task] = set()
-        self.repairer = Repairer(self, cluster.svc.config["replication.repair_interval_seconds"])
+        config = cluster.svc.config
+        self.repairer = Repairer(self, config["replication.repair_interval_seconds"],
+                                 config["replication.tombstone_days"])
         self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
                       "updates_applied": 0, "deletes_applied": 0, "records_passed_by": 0}
 

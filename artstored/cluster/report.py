@@ -20,7 +20,8 @@ def status_of(cluster) -> dict:
         heard = cluster.peer_heard_at.get(member)
         members.append({
             "node_id": member, "name": m["name"], "address": m["address"],
-            "role": m["role"], "state": info.state if info else "unknown",
+            "role": m["role"], "weight": m.get("weight", 1.0),
+            "state": info.state if info else "unknown",
             "incarnation": info.incarnation if info else None,
             # since == 0: the state it started in, never changed
             "state_for_seconds": round(now - info.since, 3)

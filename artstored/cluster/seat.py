@@ -120,7 +120,9 @@ class Seat:
                     first = node.authority.bootstrap(
                         time.time(), address=node.advertise, name=node.identity.name,
                         token_issuer=node.token_issuer,
-                        replication_factor=node.replication_factor)
+                        replication_factor=node.replication_factor,
+                        weight=await asyncio.get_running_loop().run_in_executor(
+                            None, node.capacity_weight))
                     if await self.etcd.store_document(None, first.version, first.blob):
                         await node.files.persist(first)
                         node.doc = first
@@ -149,12 +151,12 @@ class Seat:
             try:
                 self.node.authority.note_join_request(
                     info["seen"], node_id, info["key"], info["address"], info["name"],
-                    role=info.get("role", "member"))
+                    role=info.get("role", "member"), weight=info.get("weight", 1.0))
             except Exception as exc:           # a malformed entry: not ours to crash on
                 log.warning("ignoring the join request of %s in etcd: %s", node_id, exc)
 
     def note_join(self, node_id: str, key: bytes, address: str, name: str,
-                  role: str) -> None:
+                  role: str, weight: float = 1.0) -> None:
         """Record a join request in etcd (at most every 5 s per node; in the background)."""
         now = time.time()
         if now - self._joins_noted.get(node_id, 0) < 5 or not self.started:
@@ -162,7 +164,8 @@ class Seat:
         self._joins_noted[node_id] = now
         if len(self._joins_noted) > 10_000:
             self._joins_noted.clear()
-        info = {"key": key, "address": address, "name": name, "role": role, "seen": now}
+        info = {"key": key, "address": address, "name": name, "role": role, "seen": now,
+                "weight": weight}
         task = asyncio.get_running_loop().create_task(self._put_join(node_id, info))
         self.node._tasks.add(task)
         task.add_done_callback(self.node._tasks.discard)

@@ -152,6 +152,28 @@ def put_tombstone(txn, env, file_id: str, actor: W.Actor, origin: dict | None) -
             db=env.db(S.DB_TOMBSTONES))
 
 
+def old_tombstones(store, before: float, limit: int = 10_000) -> list[str]:
+    """Ids of files deleted before ``before`` (seconds), at most ``limit``."""
+    out = []
+    with store.env.read() as txn:
+        for key, raw in txn.cursor(db=store.env.db(S.DB_TOMBSTONES)):
+            if W.unpack(raw)["deleted_at"] < before:
+                out.append(ids.key_file_id(bytes(key)))
+                if len(out) >= limit:
+                    break
+    return out
+
+
+def purge_tombstones(store, file_ids: list[str]) -> int:
+    """Forget these tombstones (the caller made sure no member holds a copy any more).
+    Durable when it returns; returns how many went."""
+    n = 0
+    with store.env.write() as txn:
+        for fid in file_ids:
+            n += bool(txn.delete(ids.file_id_key(fid), db=store.env.db(S.DB_TOMBSTONES)))
+    return n
+
+
 def is_deleted(store, file_id: str) -> bool:
     with store.env.read() as txn:
         return txn.get(ids.file_id_key(file_id), db=store.env.db(S.DB_TOMBSTONES)) \
