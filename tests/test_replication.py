@@ -22,7 +22,8 @@ from harness import wait_until
 from netns import NetLab
 
 RF = 2
-STORED: set[str] = set()   # every file id a test was told is stored (201, or 503 "stored here")
+STORED: set[str] = set()
+WEIGHTS: dict[str, float] = {}   # node id → placement weight (its capacity at join)   # every file id a test was told is stored (201, or 503 "stored here")
 SPREAD_BOUND = 5.0     # the issue's promise: on replication_factor nodes within 5 s
 
 
@@ -40,7 +41,10 @@ def cluster(tmp_path_factory):
 
 def owners(c: Cluster, file_id: str) -> list[int]:
     """The nodes that should hold the file under the current roster."""
-    weights = {c.ids[i]: 1.0 for i in c.members}
+    if any(c.ids[i] not in WEIGHTS for i in c.members):   # a node's weight is fixed at join
+        WEIGHTS.update({m["node_id"]: m["weight"]
+                        for m in c.status(c.members[0])["members"]})
+    weights = {c.ids[i]: WEIGHTS[c.ids[i]] for i in c.members}
     return [c.index_of(n) for n in P.owners(file_id, weights, RF)]
 
 

@@ -86,7 +86,8 @@ def test_power_cut_on_one_node_loses_no_acknowledged_upload(rig):
     fs.check_and_mount()                 # fsck and mount, as the reboot would
     c.nodes[VICTIM].start()
     c.wait_all_alive()
-    weights = {c.ids[i]: 1.0 for i in c.members}
+    # Placement weighs nodes by capacity (node 2's image is small): the cluster's weights.
+    weights = {m["node_id"]: m["weight"] for m in c.status(0)["members"]}
 
     def held_by_owners(fid: str, content: bytes) -> bool:
         for o in P.owners(fid, weights, RF):
