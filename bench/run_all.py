@@ -16,8 +16,8 @@ import platform
 import shutil
 import time
 
-from . import (cluster, core, durability, fuse, hostile, placement, preservation, replication,
-               search, suite, swim)
+from . import (catchup, cluster, core, durability, fuse, hostile, placement, preservation,
+               replication, search, suite, swim)
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -137,6 +137,10 @@ def main(argv=None) -> int:
         # 3 daemons, replication_factor 2; quick: 2 clients, 64 KiB, 5 s of steady load.
         results["replication"] = {"exit": replication.main(swim_args)}
         timings["replication"] = round(time.monotonic() - started - sum(timings.values()))
+        # Node 2 down while files are uploaded, then restarted: its catch-up vs rsync of
+        # the same files over the same link; quick: 60 x 64 KiB, 1 repeat (~20 s).
+        results["catchup"] = {"exit": catchup.main(swim_args)}
+        timings["catchup"] = round(time.monotonic() - started - sum(timings.values()))
         if not args.quick:   # make test runs the fuzz with a fixed seed already
             from . import fuzz
             results["fuzz"] = {"examples": 20_000, "exit": fuzz.main(["--examples", "20000"])}
