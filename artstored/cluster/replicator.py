@@ -44,6 +44,7 @@ FEED_WAIT = 20.0
 RETRY_SECONDS = 2.0
 RECORD_TRIES = 5            # a record that fails this often is passed by (and repaired)
 PUSH_GRACE_SECONDS = 3.0    # a new file's own push usually lands within this
+PULL_CONCURRENCY = 8        # files one follower fetches at once
 HEDGE_SECONDS = 2.0         # an owner silent this long gets a substitute for the ack
 
 
@@ -65,6 +66,7 @@ class Replicator:
         self._session: aiohttp.ClientSession | None = None
         self._followers: dict[str, asyncio.Task] = {}
         self._weights: tuple | None = None
+        self._pulling: dict[str, asyncio.Future] = {}   # file id → its fetch under way
         self._background: set[asyncio.Task] = set()
         config = cluster.svc.config
         self.repairer = Repairer(self, config["replication.repair_interval_seconds"],
@@ -304,29 +306,66 @@ class Replicator:
                 log.debug("following %s: %s", peer, exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
+            cursor = await self._apply_batch(peer, records, cursor, failures)
+            await self._save_cursor(peer, cursor)
+
+    async def _apply_batch(self, peer: str, records: list[dict], cursor: int,
+                           failures: dict[int, int]) -> int:
+        """Apply one batch of ``peer``'s records; return the sequence up to which all are
+        applied. New files are fetched ``PULL_CONCURRENCY`` at a time (their commits then
+        share flushes); a change or delete of a file waits for that file's fetch. A record
+        that fails is retried (the batch stops there) and, after ``RECORD_TRIES``, passed
+        by with a repair asked for its file."""
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(PULL_CONCURRENCY)
+        fetching: dict[str, asyncio.Task] = {}
+        done_upto, stopped = cursor, False
+
+        async def guarded(record: dict) -> None:
+            async with gate:
+                await self._apply(peer, record)
+
+        def passed_by(record: dict, exc: BaseException) -> None:
+            log.warning("passing %s's record %s by: %s", peer, record.get("seq"), exc)
+            self.stats["records_passed_by"] += 1
+            if record.get("file_id"):
+                self.repairer.request([record["file_id"]])
+
+        try:
             for record in records:
+                fid = record.get("file_id")
+                if record.get("kind") == W.FILE_CREATE and fid:
+                    fetching[fid] = loop.create_task(guarded(record))
+                    continue
+                if fid in fetching:
+                    await asyncio.gather(fetching[fid], return_exceptions=True)
                 try:
                     await self._apply(peer, record)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    # One record must not stall the feed for good: after a few tries it
-                    # is passed by, and the anti-entropy pass (asked now for that file)
-                    # settles what it would have done.
                     tries = failures[record["seq"]] = failures.get(record["seq"], 0) + 1
                     if tries < RECORD_TRIES:
                         log.info("applying %s's record %s failed (%s); retrying", peer,
                                  record.get("seq"), exc)
-                        await asyncio.sleep(RETRY_SECONDS)
+                        stopped = True
                         break
-                    log.warning("passing %s's record %s by after %d failures: %s", peer,
-                                record.get("seq"), tries, exc)
-                    self.stats["records_passed_by"] += 1
-                    if record.get("file_id"):
-                        self.repairer.request([record["file_id"]])
+                    passed_by(record, exc)
                 failures.pop(record["seq"], None)
-                cursor = record["seq"]
-            await self._save_cursor(peer, cursor)
+                done_upto = record["seq"]
+            else:
+                done_upto = records[-1]["seq"] if records else cursor
+        finally:
+            results = await asyncio.gather(*fetching.values(), return_exceptions=True)
+        by_id = {r.get("file_id"): r for r in records if r.get("kind") == W.FILE_CREATE}
+        for fid, result in zip(fetching, results):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, Exception):
+                passed_by(by_id[fid], result)   # the fetch is repaired, not retried
+        if stopped:
+            await asyncio.sleep(RETRY_SECONDS)  # a record failed: retry it shortly
+        return done_upto
 
     async def _save_cursor(self, peer: str, cursor: int) -> None:
         try:
@@ -365,7 +404,7 @@ class Replicator:
             held = await loop.run_in_executor(None, self.store.view.entry, file_id)
             gone = await loop.run_in_executor(None, R.is_deleted, self.store, file_id)
             if held is None and not gone and R.may_take_replicas(self.store):
-                await self.pull(peer, file_id, origin)
+                await self._pull_once(peer, file_id, origin)
         elif kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
             result = await loop.run_in_executor(None, lambda: R.apply_update(
                 self.store, data["attr"], origin=origin))
@@ -378,6 +417,16 @@ class Replicator:
                 self.store, file_id, actor, origin=origin))
             if result == R.APPLIED:
                 self.stats["deletes_applied"] += 1
+
+    async def _pull_once(self, peer: str, file_id: str, origin: dict) -> None:
+        """Fetch a file unless another follower is fetching it already (then wait for that
+        one): each member's feed lists the copies it took, so two feeds name the file."""
+        running = self._pulling.get(file_id)
+        if running is None:
+            running = asyncio.ensure_future(self.pull(peer, file_id, origin))
+            self._pulling[file_id] = running
+            running.add_done_callback(lambda _t: self._pulling.pop(file_id, None))
+        await asyncio.shield(running)
 
     async def pull(self, peer: str, file_id: str, origin: dict) -> None:
         address = self.cluster.doc.address(peer)
