@@ -281,12 +281,16 @@ class Store:
         """A PreparedUpload for content already in memory: no disk I/O here (the group commit
         writes it with its batch), so an event loop may call it directly. Raises what
         ``begin_upload`` and ``prepare_upload`` raise."""
+        return self.prepare_upload(self.buffer(chunks), request, actor)
+
+    def buffer(self, chunks) -> BufferedUpload:
+        """An upload of bytes already in memory, on the disk with the most room: hashed
+        now, written by the group commit with its batch (no disk I/O here). Raises
+        ModeNotAllowed, UploadTooLarge, StorageFull."""
         self.require(M.UPLOAD)
         chunks = list(chunks)
-        size = sum(len(c) for c in chunks)
-        disk, _ = self.disks.choose(size)
-        upload = BufferedUpload(self.disks, disk, self.config.max_upload_bytes, chunks)
-        return self.prepare_upload(upload, request, actor)
+        disk, _ = self.disks.choose(sum(len(c) for c in chunks))
+        return BufferedUpload(self.disks, disk, self.config.max_upload_bytes, chunks)
 
     def ingest(self, chunks, request: UploadRequest, actor: W.Actor) -> dict:
         """Blocking upload of an iterable of byte chunks; returns the attr record."""
