@@ -170,11 +170,11 @@ def test_admin_tokens_verify_everywhere_and_a_suspension_is_refused_within_5_s(c
     assert r.status == 200, r.body
     suspended_at = time.monotonic()
     for d in nodes:
+        # Waited for far longer than promised, so that the assertion below is what fails.
         wait_until(lambda d=d: _member_api(d, token).get("/api/v1/element").status == 401,
-                   REVOCATION_BOUND + suspended_at - time.monotonic(),
-                   f"suspension refused on node {d.node}")
+                   60, f"suspension refused on node {d.node}")
     took = time.monotonic() - suspended_at
-    assert took < REVOCATION_BOUND
+    assert took < REVOCATION_BOUND, f"took {took:.2f} s, promised {REVOCATION_BOUND} s"
     r = _member_api(nodes[2], token).get("/api/v1/element")
     assert r.problem["code"] == "token_revoked"
 
@@ -227,7 +227,7 @@ def test_a_killed_node_is_suspected_then_dead_then_alive_after_restart(cluster):
 
     wait_until(dead_everywhere, DEATH_BOUND + 5, "the killed node dead on every member")
     took = time.monotonic() - killed_at
-    assert "suspect" in seen or took > 0, seen
+    assert "suspect" in seen, seen    # suspected first (the suspicion lasts >= 4 s)
     print(f"killed node dead everywhere after {took:.1f} s (bound {DEATH_BOUND:.1f} s)")
     assert took < DEATH_BOUND
     victim.start()

@@ -64,11 +64,12 @@ def test_admins_share_the_authority_through_etcd(make_daemon, etcd):
     a.kill()
     killed = time.monotonic()
     api_b = Api(b.port, token_b)
-    wait_until(lambda: api_b.get("/api/v1/cluster").json().get("authority"), LEASE_BOUND + 5,
+    # Waited for far longer than promised, so that the assertion below is what fails.
+    wait_until(lambda: api_b.get("/api/v1/cluster").json().get("authority"), 60,
                "admin b leads")
     took = time.monotonic() - killed
     print(f"etcd authority: admin b signs {took:.1f} s after admin a was killed")
-    assert took < LEASE_BOUND + 5
+    assert took < LEASE_BOUND, f"took {took:.1f} s, promised {LEASE_BOUND} s"
 
     # etcd's own raft leader dies too; the authority goes on.
     old_leader = etcd.wait_for_leader()
