@@ -201,7 +201,7 @@ def test_every_route_declares_its_access_rule():
                       # signed envelopes between daemons, not tokens
                       "/cluster/v1/swim", "/cluster/v1/join",
           "/cluster/v1/objects/{file_id}", "/cluster/v1/changes", "/cluster/v1/have",
-          "/cluster/v1/digest"}
+          "/cluster/v1/digest", "/cluster/v1/bundle"}
 
 
 @pytest.mark.parametrize("path", ["/api/v1/files", "/api/v1/element", "/api/v1/accounts",

@@ -26,7 +26,7 @@ PUBLIC = {"/health/live", "/health/ready", "/health/startup", "/metrics",
           # Between daemons: no token, every body is an envelope signed with a node key.
           "/cluster/v1/swim", "/cluster/v1/join",
           "/cluster/v1/objects/{file_id}", "/cluster/v1/changes", "/cluster/v1/have",
-          "/cluster/v1/digest"}
+          "/cluster/v1/digest", "/cluster/v1/bundle"}
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_request_bodies_have_the_media_types_the_handlers_read():
     assert media.pop(("PATCH", "/api/v1/files/{file_id}")) == "application/merge-patch+json"
     assert media.pop(("POST", "/api/v1/auth/token")) == "application/x-www-form-urlencoded"
     for path in ("/cluster/v1/swim", "/cluster/v1/join", "/cluster/v1/changes",
-                 "/cluster/v1/have", "/cluster/v1/digest"):
+                 "/cluster/v1/have", "/cluster/v1/digest", "/cluster/v1/bundle"):
         assert media.pop(("POST", path)) == "application/msgpack"
     assert media.pop(("PUT", "/cluster/v1/objects/{file_id}")) == "application/octet-stream"
     assert set(media.values()) == {"application/json"}

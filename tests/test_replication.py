@@ -11,15 +11,19 @@ import hashlib
 import itertools
 import json
 import os
+import struct
 import threading
 import time
 
 import pytest
+from nacl.signing import SigningKey
 
+from artstored.engine.node import node_id_of
+from artstored.replication import envelope as E
 from artstored.replication import placement as P
-from clusterlab import Cluster
+from clusterlab import PORT, Cluster
 from harness import wait_until
-from netns import NetLab
+from netns import NetLab, NsApi
 
 RF = 2
 STORED: set[str] = set()
@@ -163,6 +167,67 @@ def test_a_killed_node_catches_up_with_nothing_missing_or_doubled(cluster):
         ids = [a["file_id"] for a in items]
         assert len(ids) == len(set(ids)), f"node {i} lists a file twice"
         assert set(ids) <= STORED, "a file nobody stored"
+
+
+def _node_key(c: Cluster, i: int) -> SigningKey:
+    with open(os.path.join(c.nodes[i].data_dir, "keys", "node.key"), "rb") as f:
+        return SigningKey(f.read())
+
+
+def test_a_bundle_answers_held_files_in_order_and_refuses_bad_requests(cluster):
+    """``POST /cluster/v1/bundle`` (how a node catches up): a signed manifest for the
+    asker, then each held file's bytes in its order; a file not held is named missing; a
+    malformed list, a stranger and a replay are refused with their codes."""
+    c = cluster
+    held = {}
+    for k in range(12):
+        content = f"bundled {k}".encode() * (k + 1) * 100
+        fid = upload(c, 0, content).json()["file_id"]
+        if 0 in owners(c, fid):
+            held[fid] = content
+    assert len(held) >= 2, "no file owned by node 0"
+    asker = 2
+    c.nodes[asker].kill()     # its key signs the requests: its own counters must not run
+    try:
+        me = E.Signer(c.ids[asker], _node_key(c, asker))
+        ids = list(held) + ["01JD0000000000000000000000", list(held)[0]]
+
+        def post(blob: bytes):
+            return NsApi(c.lab, asker, PORT, host=c.lab.addr(0)).request(
+                "POST", "/cluster/v1/bundle", body=blob,
+                headers={"Content-Type": "application/msgpack"})
+
+        r = post(me.pack({"t": "bundle", "ids": ids, "rcpt": c.ids[0]}))
+        assert r.status == 200 and r.headers["content-type"] == "application/x-artstore-bundle"
+        (length,) = struct.unpack(">I", r.body[:4])
+        answer = E.unpack(r.body[4:4 + length],
+                          {c.ids[0]: bytes(_node_key(c, 0).verify_key)}, E.ReplayState())
+        manifest = answer.message
+        assert manifest["rcpt"] == c.ids[asker]
+        assert [a["file_id"] for a in manifest["files"]] == list(held)   # once each, in order
+        assert manifest["missing"] == ["01JD0000000000000000000000"] and manifest["later"] == []
+        rest = r.body[4 + length:]
+        for attr in manifest["files"]:
+            assert rest[:attr["file_size"]] == held[attr["file_id"]]
+            assert hashlib.sha256(held[attr["file_id"]]).hexdigest() == attr["checksum_sha256"]
+            rest = rest[attr["file_size"]:]
+        assert rest == b""
+
+        for bad in ({"t": "bundle", "ids": "all"}, {"t": "bundle", "ids": []},
+                    {"t": "bundle", "ids": ["x"] * 257}, {"t": "bundle", "ids": [7]}):
+            r = post(me.pack({**bad, "rcpt": c.ids[0]}))
+            assert r.status == 400 and r.problem["code"] == "envelope_malformed", r.body[:300]
+        blob = me.pack({"t": "bundle", "ids": list(held)[:1], "rcpt": c.ids[0]})
+        assert post(blob).status == 200
+        r = post(blob)
+        assert r.status == 409 and r.problem["code"] == "replayed_message"
+        stranger_key = SigningKey.generate()
+        stranger = E.Signer(node_id_of(bytes(stranger_key.verify_key)), stranger_key)
+        r = post(stranger.pack({"t": "bundle", "ids": list(held), "rcpt": c.ids[0]}))
+        assert r.status == 403 and r.problem["code"] == "unknown_sender"
+    finally:
+        c.nodes[asker].start()
+        c.wait_all_alive()
 
 
 def test_writes_on_both_sides_of_a_partition_end_up_everywhere(cluster):

@@ -19,6 +19,7 @@ from aiohttp import web
 from ..replication.envelope import MAX_ENVELOPE_BYTES
 
 from ..auth import roles as R
+from ..cluster import bundle as bundle_wire
 from ..cluster import wire as RP
 from ..cluster.repair import held_here, missing_here
 from ..engine.errors import BadRequest, NotFound, UploadTooLarge, ValidationError
@@ -144,6 +145,15 @@ async def get_replica(request: web.Request) -> web.StreamResponse:
 
 
 @public
+async def bundle(request: web.Request) -> web.StreamResponse:
+    """Many files' attrs and bytes in one answer (``cluster.bundle``), for a member that
+    lacks them."""
+    cluster = _cluster(request)
+    env = await _signed_body(request, cluster, "bundle")
+    return await bundle_wire.serve(request, cluster, env, services(request).store)
+
+
+@public
 async def changes(request: web.Request) -> web.Response:
     """Records of this node's WAL after a sequence, long-polled (for members)."""
     cluster = _cluster(request)
@@ -252,6 +262,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_put("/cluster/v1/objects/{file_id}", put_replica)
     router.add_get("/cluster/v1/objects/{file_id}", get_replica)
     router.add_post("/cluster/v1/changes", changes)
+    router.add_post(RP.BUNDLE, bundle)
     router.add_post("/cluster/v1/have", have)
     router.add_post("/cluster/v1/digest", digest)
     router.add_post("/api/v1/cluster/repair", repair)

@@ -414,6 +414,14 @@ def _cluster() -> dict:
             None, {"200": ok("Records", {"type": "object"}, "application/msgpack")},
             request=envelope, errors=(400, 401, 403, 404, 409, 413, 422, 503),
             op_id="changeFeed")},
+        "/cluster/v1/bundle": {"post": op(
+            "Many files' attrs and bytes in one answer, for a member that lacks them "
+            "(signed envelope naming up to 256 file ids)", tag, None,
+            {"200": ok("A signed manifest, then each file's bytes",
+                       {"type": "string", "format": "binary"},
+                       "application/x-artstore-bundle")},
+            request=envelope, errors=(400, 401, 403, 404, 409, 413, 503),
+            op_id="fetchBundle")},
         "/cluster/v1/have": {"post": op(
             "Which of the named files this node lacks (signed envelope; anti-entropy)", tag,
             None, {"200": ok("The missing ones", {"type": "object"}, "application/msgpack")},

@@ -241,14 +241,12 @@ class Repairer:
             async with gate:
                 return entry is not None and await self.replicator.push(peer, entry.attr, None)
 
-        async def pull(fid: str) -> None:
-            async with gate:
-                await self.replicator.pull(peer, fid, {"node": peer, "seq": None})
-
         results = await asyncio.gather(*(push(f) for f in diff["they_lack"]))
         report["pushed"] += sum(1 for r in results if r)
         report["push_failures"] += sum(1 for r in results if not r)
-        await asyncio.gather(*(pull(f) for f in diff["we_lack"]))
+        if diff["we_lack"] and R.may_take_replicas(self.store):
+            failed = await self.replicator.pull_many(peer, diff["we_lack"], {})
+            report["pull_failures"] = report.get("pull_failures", 0) + len(failed)
         for fid in diff["versions"]:
             report["metadata_repaired"] = report.get("metadata_repaired", 0) + \
                 await self._reconcile(peer, fid)

@@ -10,9 +10,10 @@ origin signature; committed once through the group commit):
   hand-off) meanwhile.
 - **pull**, for everything else: every member follows every other member's WAL
   (``POST /cluster/v1/changes``, long-polled) from a cursor kept in LMDB, and applies what
-  concerns it — a file it owns and lacks is fetched (``GET /cluster/v1/objects/{id}``), a
+  concerns it — a file it owns and lacks is fetched (``POST /cluster/v1/bundle``), a
   metadata change of a file it holds is applied by the engine's rule, a delete leaves a
-  tombstone. A node back from an outage catches up from its cursors; applying a record
+  tombstone. New files are fetched many at a time (``bundle``: one request and one flush for
+  up to 256 files). A node back from an outage catches up from its cursors; applying a record
   twice changes nothing.
 
 Requests between nodes carry an envelope signed with the sender's node key (header
@@ -29,22 +30,21 @@ import aiohttp
 
 from ..engine import replica as R
 from ..engine import wal as W
-from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
+from ..engine.errors import ArtStoreError
 from ..replication import placement as P
 from ..streaming import stream_to_writer
-from .repair import ROSTER_SETTLE_SECONDS, Repairer
-from .reads import attr_of
+from . import bundle
+from .repair import ROSTER_SETTLE_SECONDS, Repairer, missing_here
 from .wire import CHANGES, CONNECT_SECONDS, HEADER, OBJECTS, encode_header
 
 log = logging.getLogger("artstored.cluster.replication")
 
 CHUNK = 1 << 20
-FEED_LIMIT = 256
+FEED_LIMIT = 1000
 FEED_WAIT = 20.0
 RETRY_SECONDS = 2.0
 RECORD_TRIES = 5            # a record that fails this often is passed by (and repaired)
 PUSH_GRACE_SECONDS = 3.0    # a new file's own push usually lands within this
-PULL_CONCURRENCY = 8        # files one follower fetches at once
 SMALL_REPLICA_BYTES = 256 * 1024   # replicas this small are taken in memory, as uploads are
 HEDGE_SECONDS = 2.0         # an owner silent this long gets a substitute for the ack
 
@@ -78,7 +78,9 @@ class Replicator:
     # --- life -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        # A large read buffer: bundles and replicas are bulk transfers, and a 64 KiB
+        # buffer pauses and resumes the socket every few packets.
+        self._session = aiohttp.ClientSession(auto_decompress=False, read_bufsize=4 << 20)
         self.repairer.start()
 
     async def stop(self) -> None:
@@ -255,15 +257,20 @@ class Replicator:
 
     # --- receiving a replica (push or pull) -------------------------------------------------
 
-    async def take_replica(self, attr: dict, origin: dict, pieces) -> dict:
+    small_replica_bytes = SMALL_REPLICA_BYTES
+
+    async def take_replica(self, attr: dict, origin: dict, pieces, *,
+                           in_thread: bool = False) -> dict:
         """Store the bytes of ``pieces`` (an async iterable) as a replica of ``attr``.
         Returns what is here afterwards; raises ReplicaRefused, ChecksumMismatch,
-        FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica."""
-        loop = asyncio.get_running_loop()
+        FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica. ``in_thread``:
+        a small replica is hashed, checked and written to tmp/ in a worker thread (for a
+        caller with more to receive meanwhile) rather than on the event loop and in the
+        group commit's thread."""
         size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
         if 0 <= size <= SMALL_REPLICA_BYTES:
             # As a small upload: in memory, written by the group commit with its batch; no
-            # thread hop and no disk I/O on the way in.
+            # disk I/O on the way in.
             chunks, received = [], 0
             async for piece in pieces:
                 received += len(piece)
@@ -271,17 +278,45 @@ class Replicator:
                     raise R.ReplicaRefused(f"replica of {attr.get('file_id')}: more bytes "
                                            "than its record says")
                 chunks.append(bytes(piece))
-            writer = self.store.buffer(chunks)
-            try:
-                prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
-                                             verify_signature=self._verify_origin)
-            except BaseException:
-                writer.abort()
-                raise
+
+            def prepare():
+                writer = self.store.buffer(chunks)
+                try:
+                    prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
+                                                 verify_signature=self._verify_origin)
+                    if in_thread:
+                        writer.materialize()    # here, not in the group commit's thread
+                    return prepared
+                except BaseException:
+                    writer.abort()
+                    raise
+            prepared = await asyncio.get_running_loop().run_in_executor(None, prepare) \
+                if in_thread else prepare()
             return await asyncio.wrap_future(self.store.commit_upload(prepared))
-        writer = await loop.run_in_executor(None, self.store.begin_upload, size)
+        writer = await self.begin_replica(attr)
         try:
-            await stream_to_writer(pieces, writer)
+            await self.fill(writer, pieces)
+        except BaseException:
+            writer.abort()
+            raise
+        return await self.finish_replica(writer, attr, origin)
+
+    async def begin_replica(self, attr: dict):
+        """An upload writer for the bytes of ``attr`` (streamed to tmp/: for large files)."""
+        size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.store.begin_upload, size)
+
+    async def fill(self, writer, pieces) -> None:
+        """Write an async iterable of byte pieces into ``writer``; the caller aborts the
+        writer if this raises."""
+        await stream_to_writer(pieces, writer)
+
+    async def finish_replica(self, writer, attr: dict, origin: dict) -> dict:
+        """Check the bytes in ``writer`` against ``attr`` and commit them (the writer is
+        aborted if they are refused). Returns the attr that is here afterwards."""
+        loop = asyncio.get_running_loop()
+        try:
             await loop.run_in_executor(None, writer.finish)
             prepared = await loop.run_in_executor(None, lambda: R.prepare_replica(
                 self.store, writer, attr, origin=origin,
@@ -331,20 +366,19 @@ class Replicator:
     async def _apply_batch(self, peer: str, records: list[dict], cursor: int,
                            failures: dict[int, int]) -> int:
         """Apply one batch of ``peer``'s records; return the sequence up to which all are
-        applied. New files are fetched ``PULL_CONCURRENCY`` at a time (their commits then
-        share flushes); a change or delete of a file waits for that file's fetch. A record
-        that fails is retried (the batch stops there) and, after ``RECORD_TRIES``, passed
-        by with a repair asked for its file."""
-        loop = asyncio.get_running_loop()
-        gate = asyncio.Semaphore(PULL_CONCURRENCY)
-        fetching: dict[str, asyncio.Task] = {}
+        applied. The new files it names that this node owns and lacks are fetched together,
+        in bundles (their commits share flushes); a change or delete of one of them waits
+        for that fetch. A record that fails is retried (the batch stops there) and, after
+        ``RECORD_TRIES``, passed by with a repair asked for its file; a file that could not
+        be fetched is repaired, not retried."""
+        creates = {r["file_id"]: r for r in records if r.get("kind") == W.FILE_CREATE
+                   and r.get("state") == W.COMMITTED and isinstance(r.get("file_id"), str)
+                   and self.cluster.id in self.owners(r["file_id"])}
+        fetch = asyncio.ensure_future(self._fetch_new(peer, list(creates.values()))) \
+            if creates else None
         done_upto, stopped = cursor, False
 
-        async def guarded(record: dict) -> None:
-            async with gate:
-                await self._apply(peer, record)
-
-        def passed_by(record: dict, exc: BaseException) -> None:
+        def passed_by(record: dict, exc) -> None:
             log.warning("passing %s's record %s by: %s", peer, record.get("seq"), exc)
             self.stats["records_passed_by"] += 1
             if record.get("file_id"):
@@ -353,13 +387,11 @@ class Replicator:
         try:
             for record in records:
                 fid = record.get("file_id")
-                if record.get("kind") == W.FILE_CREATE and fid:
-                    fetching[fid] = loop.create_task(guarded(record))
-                    continue
-                if fid in fetching:
-                    await asyncio.gather(fetching[fid], return_exceptions=True)
+                if fetch is not None and fid in creates and not fetch.done():
+                    await asyncio.wait([fetch])
                 try:
-                    await self._apply(peer, record)
+                    if record.get("kind") != W.FILE_CREATE:
+                        await self._apply(peer, record)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -372,19 +404,56 @@ class Replicator:
                     passed_by(record, exc)
                 failures.pop(record["seq"], None)
                 done_upto = record["seq"]
-            else:
-                done_upto = records[-1]["seq"] if records else cursor
-        finally:
-            results = await asyncio.gather(*fetching.values(), return_exceptions=True)
-        by_id = {r.get("file_id"): r for r in records if r.get("kind") == W.FILE_CREATE}
-        for fid, result in zip(fetching, results):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            if isinstance(result, Exception):
-                passed_by(by_id[fid], result)   # the fetch is repaired, not retried
+        except BaseException:
+            if fetch is not None:
+                fetch.cancel()
+                await asyncio.gather(fetch, return_exceptions=True)
+            raise
+        failed = await fetch if fetch is not None else []
+        for fid in failed:
+            passed_by(creates[fid], "its file could not be fetched")
         if stopped:
             await asyncio.sleep(RETRY_SECONDS)  # a record failed: retry it shortly
         return done_upto
+
+    async def _fetch_new(self, peer: str, creates: list[dict]) -> list[str]:
+        """Fetch the files of ``creates`` (records of ``peer``'s) that this node lacks;
+        return those that could not be fetched."""
+        loop = asyncio.get_running_loop()
+        # The node that took an upload pushes it to its owners at once: give that push
+        # time to land before fetching a second copy of the same bytes.
+        age = time.time() - max(r.get("ts", 0) for r in creates) / 1e6
+        if 0 <= age < PUSH_GRACE_SECONDS:
+            await asyncio.sleep(PUSH_GRACE_SECONDS - age)
+        if not R.may_take_replicas(self.store):
+            return []
+        lacking = await loop.run_in_executor(None, missing_here, self.store,
+                                             [r["file_id"] for r in creates])
+        origins = {r["file_id"]: (r.get("data") or {}).get("origin")
+                   or {"node": peer, "seq": r["seq"]} for r in creates}
+        return await self.pull_many(peer, lacking, origins)
+
+    async def pull_many(self, peer: str, file_ids: list[str], origins: dict) -> list[str]:
+        """Fetch ``file_ids`` from ``peer`` (bundled) unless a fetch of one is already
+        under way (then that one is awaited: each member's feed lists the copies it took,
+        so two feeds name a file). Returns the ids this call could not fetch."""
+        loop = asyncio.get_running_loop()
+        mine: dict[str, asyncio.Future] = {}
+        others = []
+        for fid in dict.fromkeys(file_ids):
+            if fid in self._pulling:
+                others.append(self._pulling[fid])
+            else:
+                mine[fid] = self._pulling[fid] = loop.create_future()
+        try:
+            failed = await bundle.fetch(self, peer, list(mine), origins) if mine else []
+        finally:
+            for fid, future in mine.items():
+                self._pulling.pop(fid, None)
+                future.set_result(None)
+        if others:
+            await asyncio.gather(*others)
+        return failed
 
     async def _save_cursor(self, peer: str, cursor: int) -> None:
         try:
@@ -414,17 +483,7 @@ class Replicator:
         kind, file_id, data = record.get("kind"), record.get("file_id"), record.get("data") or {}
         origin = data.get("origin") or {"node": peer, "seq": record["seq"]}
         loop = asyncio.get_running_loop()
-        if kind == W.FILE_CREATE and self.cluster.id in self.owners(file_id):
-            # The node that took the upload pushes it to its owners at once: give that
-            # push time to land before fetching a second copy of the same bytes.
-            age = time.time() - record.get("ts", 0) / 1e6
-            if 0 <= age < PUSH_GRACE_SECONDS:
-                await asyncio.sleep(PUSH_GRACE_SECONDS - age)
-            held = await loop.run_in_executor(None, self.store.view.entry, file_id)
-            gone = await loop.run_in_executor(None, R.is_deleted, self.store, file_id)
-            if held is None and not gone and R.may_take_replicas(self.store):
-                await self._pull_once(peer, file_id, origin)
-        elif kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
+        if kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
             result = await loop.run_in_executor(None, lambda: R.apply_update(
                 self.store, data["attr"], origin=origin))
             if result == R.APPLIED:
@@ -436,37 +495,6 @@ class Replicator:
                 self.store, file_id, actor, origin=origin))
             if result == R.APPLIED:
                 self.stats["deletes_applied"] += 1
-
-    async def _pull_once(self, peer: str, file_id: str, origin: dict) -> None:
-        """Fetch a file unless another follower is fetching it already (then wait for that
-        one): each member's feed lists the copies it took, so two feeds name the file."""
-        running = self._pulling.get(file_id)
-        if running is None:
-            running = asyncio.ensure_future(self.pull(peer, file_id, origin))
-            self._pulling[file_id] = running
-            running.add_done_callback(lambda _t: self._pulling.pop(file_id, None))
-        await asyncio.shield(running)
-
-    async def pull(self, peer: str, file_id: str, origin: dict) -> None:
-        address = self.cluster.doc.address(peer)
-        header = encode_header(self.cluster.sign_for(peer, {"t": "fetch", "file_id": file_id}))
-        try:
-            async with self._session.get(
-                    f"http://{address}{OBJECTS}{file_id}", headers={HEADER: header},
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS,
-                                                  sock_read=60)) as resp:
-                if resp.status == 404 or resp.status == 410:
-                    return           # deleted there since: its delete record follows
-                if resp.status != 200:
-                    raise ValueError(f"{peer} answered {resp.status} for {file_id}")
-                attr = attr_of(self.cluster, resp, peer, file_id)
-                await self.take_replica(attr, origin, resp.content.iter_chunked(CHUNK))
-                self.stats["pulled"] += 1
-        except (FileNotFound, FileDeleted):
-            return
-        except ArtStoreError as exc:
-            self.stats["pull_failures"] += 1
-            log.warning("replica of %s from %s refused: %s", file_id, peer, exc.detail)
 
     def status(self) -> dict:
         return {**self.stats, "following": sorted(self._followers),

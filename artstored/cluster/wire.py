@@ -11,6 +11,7 @@ HEADER = "X-ArtStore-Envelope"     # a signed request, base64url, for GET and fi
 ATTR_HEADER = "X-ArtStore-Attr"    # a file's attr record (JSON, base64url) with its bytes
 OBJECTS = "/cluster/v1/objects/"
 CHANGES = "/cluster/v1/changes"
+BUNDLE = "/cluster/v1/bundle"
 HAVE = "/cluster/v1/have"
 DIGEST = "/cluster/v1/digest"
 CONNECT_SECONDS = 3.0              # a peer that does not accept a connection this fast is down

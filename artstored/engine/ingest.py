@@ -187,9 +187,14 @@ class BufferedUpload:
         self.sha256_hex = sha.hexdigest()
         self.xxh3_hex = xxh.hexdigest()
         self.tmp_path = os.path.join(disk.tmp, f"{self.upload_id}.part")
+        self._written = False
 
     def materialize(self) -> None:
-        """Write the bytes to ``tmp_path`` (not synced: the batch's flush does that)."""
+        """Write the bytes to ``tmp_path`` (not synced: the batch's flush does that). Once:
+        a second call does nothing (a caller with a thread to spare may write them before
+        the group commit would)."""
+        if self._written:
+            return
         try:
             fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                          0o644)
@@ -202,6 +207,7 @@ class BufferedUpload:
             self.abort()
             raise storage_error(exc) from exc
         self.chunks = []
+        self._written = True
         self.disks.release(self.disk, self._claimed)
         self._claimed = 0
 
