@@ -31,7 +31,9 @@ of repair bandwidth a node, each way):
   (msgpack uint64); if d buckets differ, a list request E + d·2.6 bytes and an answer
   E + d·(1 + (M-1)/1,024)·(39 + len(stamp)) bytes (a bucket that holds a differing file is
   one file fuller than the average); k differing files touch d = 1,024·(1-(1-1/1,024)^k)
-  buckets. E: the signed envelope (measured). A listing over MAX_ENVELOPE_BYTES is refused.
+  buckets. E: the signed envelope (measured). A listing carries at most ``LISTED_FILES``
+  files (whole buckets; the rest are asked for next), so it stays under MAX_ENVELOPE_BYTES
+  up to ~50 million files per pair (one bucket's worth).
 
 Computed from the hashes: an F × N matrix of XXH3 per N (~0.2 µs each), the top rf+1 of
 each file kept; a join costs F hashes; every node is a loss victim in turn. A sample of files

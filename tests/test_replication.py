@@ -205,7 +205,8 @@ def test_a_bundle_answers_held_files_in_order_and_refuses_bad_requests(cluster):
         manifest = answer.message
         assert manifest["rcpt"] == c.ids[asker]
         assert [a["file_id"] for a in manifest["files"]] == list(held)   # once each, in order
-        assert manifest["missing"] == ["01JD0000000000000000000000"] and manifest["later"] == []
+        assert manifest["gone"] == ["01JD0000000000000000000000"]
+        assert manifest["later"] == [] and manifest["unavailable"] == []
         rest = r.body[4 + length:]
         for attr in manifest["files"]:
             assert rest[:attr["file_size"]] == held[attr["file_id"]]
@@ -281,6 +282,51 @@ def test_a_file_not_held_here_is_read_from_an_owner(cluster):
     assert etag == f'"{attr["checksum_sha256"]}"'
     assert reader.download(attr["file_id"], headers={"If-None-Match": etag}).status == 304
     assert reader.get("/api/v1/files/01a21e26-0000-7000-8000-000000000000").status == 404
+
+
+def test_a_file_not_held_here_is_changed_and_deleted_through_an_owner(cluster):
+    """PATCH and DELETE sent to a node without a copy are forwarded to one that has it
+    (the client's token checked there again); the change reaches every copy."""
+    c = cluster
+    for k in range(20):
+        attr = upload(c, 0, f"forwarded {k}".encode()).json()
+        others = [i for i in c.members if i not in _holders(c, attr["file_id"])]
+        if others:
+            break
+    else:
+        pytest.fail("every upload landed on every node")
+    fid, via = attr["file_id"], c.api(others[0])
+    merge = {"Content-Type": "application/merge-patch+json"}
+    r = via.request("PATCH", f"/api/v1/files/{fid}", json_body={"description": "from afar"},
+                    headers={**merge, "If-Match": f'"v{attr["version"]}"'})
+    assert r.status == 200, r.body[:300]
+    assert r.headers["x-artstore-served-by"] in attr["replicas"]
+    assert r.json()["description"] == "from afar" and r.json()["version"] == 2
+    for o in owners(c, fid):
+        wait_until(lambda o=o: holds(c, o, fid, version=2) and c.api(o).get(
+            f"/api/v1/files/{fid}").json()["description"] == "from afar", SPREAD_BOUND,
+            f"the change on owner {o} itself")
+    # The holder's precondition and the holder's answer come back as they are.
+    r = via.request("PATCH", f"/api/v1/files/{fid}", json_body={"description": "stale"},
+                    headers={**merge, "If-Match": '"v1"'})
+    assert r.status == 412 and r.problem["code"] == "precondition_failed", r.body[:300]
+    assert r.headers["x-artstore-served-by"] in attr["replicas"]
+    # A client cannot make a node forward (or stop it forwarding) anything else: the
+    # header only stops a second hop, so the file is simply not found there.
+    r = via.request("PATCH", f"/api/v1/files/{fid}", json_body={"description": "x"},
+                    headers={**merge, "X-ArtStore-Forwarded": "n-0000000000000000"})
+    assert r.status == 404 and r.problem["code"] == "file_not_found"
+    missing = "01a21e26-0000-7000-8000-000000000000"
+    r = via.request("PATCH", f"/api/v1/files/{missing}", json_body={"description": "x"},
+                    headers=merge)
+    assert r.status == 404 and r.problem["code"] == "file_not_found"
+    assert via.request("DELETE", f"/api/v1/files/{missing}").status == 404
+    r = via.request("DELETE", f"/api/v1/files/{fid}")
+    assert r.status == 204, r.body[:300]
+    for o in owners(c, fid):
+        wait_until(lambda o=o: c.api(o).get(f"/api/v1/files/{fid}").status in (404, 410),
+                   SPREAD_BOUND, f"the delete on owner {o}")
+    assert c.api(0).download(fid).status in (404, 410)
 
 
 def _data_path(c: Cluster, i: int, file_id: str) -> str:

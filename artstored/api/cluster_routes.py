@@ -189,7 +189,8 @@ async def have(request: web.Request) -> web.Response:
 @public
 async def digest(request: web.Request) -> web.Response:
     """Anti-entropy digests: of the files this node and the asking member both own, the
-    digest of every bucket; or, with ``list``, file id → version in those buckets."""
+    digest of every bucket; or, with ``list``, file id → version in as many of those
+    buckets as fit in one answer, and which buckets those are."""
     cluster = _cluster(request)
     env = await _signed_body(request, cluster, "digest")
     message = env.message
@@ -197,9 +198,12 @@ async def digest(request: web.Request) -> web.Response:
     if wanted is not None and not (isinstance(wanted, list) and len(wanted) <= 65_536 and
                                    all(type(b) is int and b >= 0 for b in wanted)):
         raise BadRequest("list: bucket numbers", code="envelope_malformed")
-    listing = await blocking(cluster.replicator.repairer.listing, env.sender,
-                             None if wanted is None else set(wanted))
-    answer = {"digests": listing} if wanted is None else {"files": listing}
+    repairer = cluster.replicator.repairer
+    if wanted is None:
+        answer = {"digests": await blocking(repairer.listing, env.sender, None)}
+    else:
+        files, listed = await blocking(repairer.listing_page, env.sender, wanted)
+        answer = {"files": files, "buckets": listed}
     answer["document_version"] = cluster.doc.version
     return _answer(cluster, env, "digest", answer)
 

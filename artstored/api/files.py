@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -141,15 +142,30 @@ async def patch_file(request: web.Request) -> web.Response:
         raise ValidationError("send a JSON merge patch (application/merge-patch+json)",
                               code="unsupported_media_type")
     patch = await read_json(request)
-    attr = await blocking(svc.store.patch, request.match_info["file_id"], patch,
-                          actor_of(request), expected_version=_expected_version(request))
+    file_id = request.match_info["file_id"]
+    try:
+        attr = await blocking(svc.store.patch, file_id, patch, actor_of(request),
+                              expected_version=_expected_version(request))
+    except FileNotFound:
+        if not _in_cluster(svc):
+            raise
+        # Not held here: changed on a node that holds it (and from there everywhere).
+        return await reads.forward_change(svc.cluster, svc.cluster.replicator.session,
+                                          request, file_id, json.dumps(patch).encode())
     return json_response(attr, headers={"ETag": metadata_etag(attr)})
 
 
 @requires(R.OPERATOR, R.FILES_WRITE)
 async def delete_file(request: web.Request) -> web.Response:
     svc = services(request)
-    await blocking(svc.store.delete, request.match_info["file_id"], actor_of(request))
+    file_id = request.match_info["file_id"]
+    try:
+        await blocking(svc.store.delete, file_id, actor_of(request))
+    except FileNotFound:
+        if not _in_cluster(svc):
+            raise
+        return await reads.forward_change(svc.cluster, svc.cluster.replicator.session,
+                                          request, file_id, None)
     return web.Response(status=204)
 
 

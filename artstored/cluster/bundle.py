@@ -10,13 +10,14 @@ commit together (one flush for the lot).
 
 - 4 bytes, big-endian: the length of the manifest;
 - the manifest, signed by the answering node for the asker: ``{t: "bundle", files:
-  [attr, ...], later: [ids], missing: [ids]}``;
+  [attr, ...], later: [ids], gone: [ids], unavailable: [ids]}``;
 - each listed file's bytes, in the manifest's order, exactly ``attr["file_size"]`` of each.
 
-A file the node does not hold (deleted, quarantined, on an offline disk) is under
-``missing``; files past ``BUNDLE_BYTES`` are under ``later`` (ask again). The manifest's
-signature says which node answered; each file's bytes are checked by the receiver against
-its origin-signed attr (size, SHA-256, signature), as every replica's are.
+``gone``: not held there, or deleted (its delete record follows); ``unavailable``: held
+but not readable now (quarantined, disk offline); ``later``: past ``BUNDLE_BYTES`` (ask
+again). The receiver checks every attr's origin signature before reading any bytes (a
+file's size says where the next begins), then each file's bytes against its attr (size,
+SHA-256), as every replica's are. What it could not take, it has repaired.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import struct
 import aiohttp
 from aiohttp import web
 
-from ..engine.errors import ArtStoreError, FileDeleted, FileNotFound
+from ..engine import attrs as A
+from ..engine.errors import ArtStoreError, BadRequest, FileDeleted, FileNotFound
 from ..replication import envelope as E
 from .wire import BUNDLE, CONNECT_SECONDS
 
@@ -41,6 +43,8 @@ IDS_PER_BUNDLE = 32           # files one fetch puts in a request: several reque
 BUNDLES_AT_ONCE = 4           # requests one fetch keeps open towards a peer
 CHUNK = 1 << 20
 READ_AHEAD = 8               # pieces (up to CHUNK each) read before they are sent
+READ_AHEAD_BYTES = 8 << 20    # of each file, asked of the disk when the bundle is opened
+SERVING_AT_ONCE = 8          # bundle answers one node sends at a time (the rest wait)
 CONTENT_TYPE = "application/x-artstore-bundle"
 _LENGTH = struct.Struct(">I")
 
@@ -48,10 +52,11 @@ _LENGTH = struct.Struct(">I")
 # --- serving ----------------------------------------------------------------------------------
 
 def open_files(store, file_ids: list[str]):
-    """([(attr, open file)], later, missing) for a bundle of ``file_ids`` (blocking). The
-    files are opened before the manifest is sent, so a delete meanwhile cannot cut the
-    stream short. The caller closes them."""
-    opened, later, missing, total = [], [], [], 0
+    """([(attr, open file)], later, gone, unavailable) for a bundle of ``file_ids``
+    (blocking). ``gone``: not held here or deleted; ``unavailable``: held but not readable
+    now (quarantined, disk offline, mode ``ar``). The files are opened before the manifest
+    is sent, so a delete meanwhile cannot cut the stream short. The caller closes them."""
+    opened, later, gone, unavailable, total = [], [], [], [], 0
     seen = set()
     try:
         for fid in file_ids:
@@ -63,67 +68,81 @@ def open_files(store, file_ids: list[str]):
                 continue
             try:
                 entry, fobj = store.open_content(fid)
+            except (FileNotFound, FileDeleted, BadRequest):
+                gone.append(fid)
+                continue
             except ArtStoreError:
-                missing.append(fid)
+                unavailable.append(fid)
                 continue
             opened.append((entry.attr, fobj))
             total += entry.attr["file_size"]
-            # Read-ahead of every file at once: the disk works on the next files (in its
-            # own order) while this one is on the wire.
-            os.posix_fadvise(fobj.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+            # Read-ahead of every file's start at once: the disk works on the next files
+            # (in its own order) while this one is on the wire.
+            os.posix_fadvise(fobj.fileno(), 0, READ_AHEAD_BYTES, os.POSIX_FADV_WILLNEED)
     except BaseException:
         for _, fobj in opened:
             fobj.close()
         raise
-    return opened, later, missing
+    return opened, later, gone, unavailable
 
 
 async def serve(request: web.Request, cluster, env, store) -> web.StreamResponse:
     """Answer the bundle request ``env`` (already checked: a roster member's, for this
     node). Raises BadRequest for a malformed list of ids."""
-    from ..engine.errors import BadRequest
     ids = env.message.get("ids")
     if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS or \
             not all(isinstance(i, str) and len(i) <= 64 for i in ids):
         raise BadRequest(f"send {{t: bundle, ids: [1 to {MAX_IDS} file ids]}}",
                          code="envelope_malformed")
     loop = asyncio.get_running_loop()
-    opened, later, missing = await loop.run_in_executor(None, open_files, store, ids)
-    try:
-        manifest = cluster.sign_for(env.sender, {
-            "t": "bundle", "files": [attr for attr, _ in opened], "later": later,
-            "missing": missing})
-        head = _LENGTH.pack(len(manifest)) + manifest
-        response = web.StreamResponse(status=200, headers={
-            "Content-Type": CONTENT_TYPE,
-            "Content-Length": str(len(head) + sum(a["file_size"] for a, _ in opened))})
-        await response.prepare(request)
-        await response.write(head)
-        # Reading runs ahead of sending (up to READ_AHEAD pieces): the disk and the socket
-        # work at the same time, not in turns.
-        pieces: asyncio.Queue = asyncio.Queue(READ_AHEAD)
-        reader = asyncio.ensure_future(_read_all(opened, pieces))
+    async with cluster.replicator.bundle_gate:
+        opened, later, gone, unavailable = await loop.run_in_executor(None, open_files,
+                                                                      store, ids)
         try:
-            while isinstance(piece := await pieces.get(), bytes):
-                await response.write(piece)
+            return await _send(request, cluster, env, opened, later, gone, unavailable)
         finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-        if isinstance(piece, OSError):
-            # Shorter on disk than its record, or unreadable: cut the answer (the receiver
-            # sees a short stream and asks elsewhere); scrub will find this copy.
-            log.error("bundle: %s", piece)
-            response.force_close()
-            return response
-        await response.write_eof()
-        return response
+            await loop.run_in_executor(None, _close_all, opened)
+
+
+def _close_all(opened) -> None:
+    for _, fobj in opened:
+        fobj.close()
+
+
+async def _send(request, cluster, env, opened, later, gone, unavailable):
+    """The manifest, then the bytes of every opened file (read ahead of the socket by
+    ``_read_all``); an unreadable file cuts the answer there (the asker sees it short)."""
+    manifest = cluster.sign_for(env.sender, {
+        "t": "bundle", "files": [attr for attr, _ in opened], "later": later,
+        "gone": gone, "unavailable": unavailable})
+    head = _LENGTH.pack(len(manifest)) + manifest
+    response = web.StreamResponse(status=200, headers={
+        "Content-Type": CONTENT_TYPE,
+        "Content-Length": str(len(head) + sum(a["file_size"] for a, _ in opened))})
+    await response.prepare(request)
+    await response.write(head)
+    # Reading runs ahead of sending (up to READ_AHEAD pieces): the disk and the socket
+    # work at the same time, not in turns.
+    pieces: asyncio.Queue = asyncio.Queue(READ_AHEAD)
+    reader = asyncio.ensure_future(_read_all(opened, pieces))
+    try:
+        while isinstance(piece := await pieces.get(), bytes):
+            await response.write(piece)
     finally:
-        for _, fobj in opened:
-            fobj.close()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    if piece is not None:
+        # Shorter on disk than its record, or unreadable: cut the answer (the receiver
+        # sees a short stream and asks elsewhere); scrub will find this copy.
+        log.error("bundle: %s", piece)
+        response.force_close()
+        return response
+    await response.write_eof()
+    return response
 
 
 async def _read_all(opened, pieces: asyncio.Queue) -> None:
-    """Put the bytes of every opened file on ``pieces`` (None at the end, or the OSError
+    """Put the bytes of every opened file on ``pieces`` (None at the end, or the exception
     that stopped it), reading in a worker thread: small files a batch at a time, large
     ones a CHUNK at a time."""
     loop = asyncio.get_running_loop()
@@ -149,7 +168,7 @@ async def _read_all(opened, pieces: asyncio.Queue) -> None:
             for data in batch:
                 if data:
                     await pieces.put(data)
-    except OSError as exc:
+    except Exception as exc:        # unreadable, shorter than its record, or a bug
         await pieces.put(exc)       # the sender cuts the answer there
         return
     await pieces.put(None)
@@ -159,23 +178,26 @@ async def _read_all(opened, pieces: asyncio.Queue) -> None:
 
 async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> list[str]:
     """Fetch ``file_ids`` from ``peer`` in bundles (``BUNDLES_AT_ONCE`` requests at a time)
-    and commit each as a replica (origin ``origins[id]``). A file ``peer`` does not hold
-    (deleted there since: its record follows) or whose copy is refused (counted in
-    ``pull_failures``) is done with. Returns the ids that could not be fetched at all
-    (``peer`` unreachable, the answer cut or forged): the caller asks for their repair."""
+    and commit each as a replica (origin ``origins[id]``). Done with: a file committed
+    here (or already here), and one ``peer`` no longer holds (deleted there: its record
+    follows). Returned, for the caller to have repaired: every other one (``peer``
+    unreachable or unable to read it, the answer cut, forged or incomplete, the copy
+    refused here)."""
     gate = asyncio.Semaphore(BUNDLES_AT_ONCE)
     failed: list[str] = []
 
     async def one(ids: list[str]) -> None:
         async with gate:
             while ids:
+                pending = set(ids)        # asked for, not yet accounted for
                 try:
-                    ids = await _fetch_one(replicator, peer, ids, origins)
+                    ids = await _fetch_one(replicator, peer, ids, origins, pending, failed)
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
                         asyncio.IncompleteReadError, E.EnvelopeError, ArtStoreError) as exc:
-                    log.info("bundle of %d files from %s failed: %s", len(ids), peer, exc)
+                    log.info("bundle of %d files from %s failed: %s", len(pending), peer,
+                             exc)
                     replicator.stats["pull_failures"] += 1
-                    failed.extend(ids)
+                    failed.extend(sorted(pending))
                     return
 
     await asyncio.gather(*(one(file_ids[i:i + IDS_PER_BUNDLE])
@@ -183,11 +205,11 @@ async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> li
     return failed
 
 
-async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict) -> list[str]:
-    """One bundle request; returns the ids ``peer`` put off (``later``). Files whose bytes
-    arrived are committed before this returns; on a failure part-way, the ones not yet
-    received are what the raised exception is about (the caller counts them failed; a
-    second fetch of one that did arrive changes nothing)."""
+async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pending: set,
+                     failed: list) -> list[str]:
+    """One bundle request; returns the ids ``peer`` put off (``later``). Each id leaves
+    ``pending`` once accounted for (committed, gone there, or added to ``failed``); the
+    commits of the files whose bytes arrived are awaited before this returns or raises."""
     cluster = replicator.cluster
     blob = cluster.sign_for(peer, {"t": "bundle", "ids": ids})
     commits: list[asyncio.Task] = []
@@ -205,22 +227,35 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict) -> li
                 raise E.MalformedEnvelope(f"{peer}'s bundle manifest is too large")
             manifest = cluster.open_answer(await resp.content.readexactly(length), peer,
                                            "bundle")
-            files, later = _checked(manifest, ids, peer)
+            files, later, gone = _checked(manifest, ids, peer, replicator.verify_origin)
+            pending.difference_update(gone)
+            if len(later) == len(ids):
+                raise ValueError(f"{peer} put every file of a bundle off")
             for attr in files:
                 origin = origins.get(attr["file_id"]) or {"node": peer, "seq": None}
                 commits.append(await _receive(replicator, resp.content, attr, origin))
+                pending.discard(attr["file_id"])
+            pending.difference_update(later)
     finally:
         # What arrived is committed (or refused) whatever happened to the rest.
         for result in await asyncio.gather(*commits, return_exceptions=True):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
+            if isinstance(result, BaseException):
+                raise result            # cancelled: commit() itself catches the rest
+            if result is not None:
+                failed.append(result)
+    # Neither sent, nor put off, nor gone there (unavailable, or left out): failed.
+    failed.extend(sorted(pending))
+    pending.clear()
     return later
 
 
-def _checked(manifest: dict, asked: list[str], peer: str) -> tuple[list[dict], list[str]]:
-    files, later = manifest.get("files"), manifest.get("later")
-    if not isinstance(files, list) or not isinstance(later, list):
-        raise E.MalformedEnvelope(f"{peer}'s bundle manifest has no files/later lists")
+def _checked(manifest: dict, asked: list[str], peer: str, verify_origin):
+    """(files, later, gone) of a bundle manifest, checked: only files asked for, once
+    each, each attr signed by its origin node (its size says where the next file starts:
+    it must be the signed one). MalformedEnvelope otherwise."""
+    files, later, gone = manifest.get("files"), manifest.get("later"), manifest.get("gone")
+    if not all(isinstance(x, list) for x in (files, later, gone)):
+        raise E.MalformedEnvelope(f"{peer}'s bundle manifest lacks files/later/gone lists")
     wanted, seen = set(asked), set()
     for attr in files:
         fid = attr.get("file_id") if isinstance(attr, dict) else None
@@ -228,9 +263,15 @@ def _checked(manifest: dict, asked: list[str], peer: str) -> tuple[list[dict], l
         if fid not in wanted or fid in seen or type(size) is not int or size < 0:
             raise E.MalformedEnvelope(f"{peer}'s bundle lists a file not asked for, twice, "
                                       "or without a size")
+        signature = attr.get("signature")
+        if not isinstance(signature, dict) or not verify_origin(A.fixity_payload(attr),
+                                                                signature):
+            raise E.MalformedEnvelope(f"{peer}'s bundle: the record of {fid} is not "
+                                      "signed by its origin node")
         seen.add(fid)
     later = [fid for fid in later if fid in wanted and fid not in seen]
-    return files, later
+    gone = [fid for fid in gone if fid in wanted and fid not in seen]
+    return files, later, gone
 
 
 async def _exactly(content: aiohttp.StreamReader, size: int):
@@ -244,7 +285,8 @@ async def _exactly(content: aiohttp.StreamReader, size: int):
 
 async def _receive(replicator, content, attr: dict, origin: dict) -> asyncio.Task:
     """Take one file's bytes off the answer; return the task committing it (hashing and
-    checking run in a worker thread while the next file arrives)."""
+    checking run in a worker thread while the next file arrives). The task's result is
+    None when the file is here (or gone there), else its id (refused here)."""
     fid = attr["file_id"]
     if attr["file_size"] <= replicator.small_replica_bytes:
         data = await content.readexactly(attr["file_size"]) if attr["file_size"] else b""
@@ -258,15 +300,21 @@ async def _receive(replicator, content, attr: dict, origin: dict) -> asyncio.Tas
             raise
         work = replicator.finish_replica(writer, attr, origin)
 
-    async def commit() -> None:
+    async def commit() -> str | None:
         try:
             await work
             replicator.stats["pulled"] += 1
+            return None
         except (FileNotFound, FileDeleted):
-            pass
-        except ArtStoreError as exc:
+            return None                 # deleted here meanwhile: nothing to take
+        except ArtStoreError as exc:    # refused: a bad copy, no room, the mode
             replicator.stats["pull_failures"] += 1
-            log.warning("replica of %s refused: %s", fid, exc.detail)
+            log.warning("replica of %s from a bundle refused: %s", fid, exc.detail)
+            return fid
+        except Exception:               # never silently on the write path
+            replicator.stats["pull_failures"] += 1
+            log.exception("replica of %s from a bundle failed", fid)
+            return fid
     return asyncio.ensure_future(commit())
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import aiohttp
@@ -47,6 +48,9 @@ PAGE = 500
 PUSH_CONCURRENCY = 4
 ROSTER_SETTLE_SECONDS = 5.0   # a roster change starts a pass this much later
 SLOW_ANSWER_SECONDS = 120.0   # a digest walks the peer's whole catalog
+DIGEST_REUSE_SECONDS = 30.0   # a scan's digests answer peers for this long (same roster)
+LISTED_FILES = 50_000         # files one bucket listing carries at most (~4 MB: envelopes
+                              # are at most 8 MiB)
 
 
 class Repairer:
@@ -63,6 +67,8 @@ class Repairer:
         self._urgent: list[str] = []
         self._task: asyncio.Task | None = None
         self._next_at = time.monotonic() + ROSTER_SETTLE_SECONDS
+        self._last_scan: tuple | None = None      # (document, monotonic time, pairs)
+        self._scan_lock = threading.Lock()
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -188,7 +194,7 @@ class Repairer:
     def _scan(self) -> dict:
         """One walk of the catalog (blocking): per other owner, the digests of the files
         both should hold; and the files held here that this node does not own."""
-        me = self.cluster.id
+        me, doc, at = self.cluster.id, self.cluster.doc, time.monotonic()
         pairs: dict[str, list[int]] = {}
         handoffs, files = [], 0
         for entry in self._entries():
@@ -202,20 +208,57 @@ class Repairer:
             for peer in owners:
                 if peer != me:
                     pairs.setdefault(peer, [0] * G.DEFAULT_BUCKETS)[b] ^= h
+        self._last_scan = (doc, at, pairs)
         return {"pairs": pairs, "handoffs": handoffs, "files": files}
 
     def listing(self, peer: str, buckets: set[int] | None) -> dict[str, int] | list[int]:
         """What this node holds that it and ``peer`` both own (blocking): the digests of
-        every bucket (``buckets`` None), or file_id → version in the given buckets."""
+        every bucket (``buckets`` None), or file_id → version in the given buckets.
+
+        Digests come from this node's latest scan if it is younger than DIGEST_REUSE_SECONDS
+        and of the same roster (one scan serves every peer of a pass: a walk of the catalog
+        per pass, not one per peer). A stale one mostly makes the asker list a few more
+        buckets (listings are always fresh); it can also hide a change of the last seconds
+        from one pass, which the next pass then finds."""
+        if buckets is None:
+            return self._pairs().get(peer) or [0] * G.DEFAULT_BUCKETS
         me = self.cluster.id
         items = {}
         for entry in self._entries():
+            if G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS) not in buckets:
+                continue
             owners = self.replicator.owners(entry.file_id)
-            if me in owners and peer in owners and (
-                    buckets is None or G.bucket_of(entry.file_id, G.DEFAULT_BUCKETS)
-                    in buckets):
+            if me in owners and peer in owners:
                 items[entry.file_id] = _stamp(entry.attr)
-        return G.digests(items.items(), G.DEFAULT_BUCKETS) if buckets is None else items
+        return items
+
+    def listing_page(self, peer: str, buckets: list[int]) -> tuple[dict[str, str], list[int]]:
+        """The files of as many whole ``buckets`` (in the asker's order) as fit in one
+        answer (LISTED_FILES; always at least one bucket, so a single bucket of more than
+        LISTED_FILES, some 50 million files shared by one pair, would still go whole),
+        and which buckets those are (blocking; one walk of the catalog per page)."""
+        items = self.listing(peer, set(buckets))
+        by_bucket: dict[int, dict[str, str]] = {}
+        for fid, stamp in items.items():
+            by_bucket.setdefault(G.bucket_of(fid, G.DEFAULT_BUCKETS), {})[fid] = stamp
+        files, listed = {}, []
+        for b in buckets:
+            these = by_bucket.get(b, {})
+            if listed and len(files) + len(these) > LISTED_FILES:
+                break
+            files.update(these)
+            listed.append(b)
+        return files, listed
+
+    def _pairs(self) -> dict[str, list[int]]:
+        """Per other owner, the digests of the files both should hold: the latest scan's,
+        or a new scan (blocking)."""
+        with self._scan_lock:
+            cached = self._last_scan
+            if cached is None or cached[0] is not self.cluster.doc or \
+                    time.monotonic() - cached[1] > DIGEST_REUSE_SECONDS:
+                self._scan()
+            return self._last_scan[2]
 
     async def _sync_pair(self, peer: str, mine: list[int], report: dict) -> None:
         theirs = await self._ask(peer, {"t": "digest"})
@@ -228,11 +271,27 @@ class Repairer:
             return
         loop = asyncio.get_running_loop()
         my_files = await loop.run_in_executor(None, self.listing, peer, set(buckets))
-        answer = await self._ask(peer, {"t": "digest", "list": buckets})
-        if answer is None:
-            report["unreachable_owners"] += 1
-            return
-        diff = G.compare(my_files, answer["files"])
+        while buckets:
+            # The peer lists as many whole buckets as fit in one answer (``listing_page``)
+            # and says which: the rest are asked for next.
+            answer = await self._ask(peer, {"t": "digest", "list": buckets})
+            if answer is None:
+                report["unreachable_owners"] += 1
+                return
+            listed = set(answer.get("buckets", buckets)) & set(buckets)
+            if not listed:
+                return
+            buckets = [b for b in buckets if b not in listed]
+
+            def in_listed(files: dict) -> dict:
+                return {f: v for f, v in files.items() if isinstance(f, str)
+                        and G.bucket_of(f, G.DEFAULT_BUCKETS) in listed}
+            await self._repair_diff(peer, G.compare(in_listed(my_files),
+                                                    in_listed(answer["files"])), report)
+
+    async def _repair_diff(self, peer: str, diff: dict, report: dict) -> None:
+        """Give ``peer`` what it lacks, take what this node lacks, reconcile versions."""
+        loop = asyncio.get_running_loop()
         report["missing_copies"] += len(diff["they_lack"]) + len(diff["we_lack"])
         gate = asyncio.Semaphore(PUSH_CONCURRENCY)
 

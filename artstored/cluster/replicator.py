@@ -69,6 +69,7 @@ class Replicator:
         self._weights: tuple | None = None
         self._pulling: dict[str, asyncio.Future] = {}   # file id → its fetch under way
         self._background: set[asyncio.Task] = set()
+        self.bundle_gate = asyncio.Semaphore(bundle.SERVING_AT_ONCE)   # answers being sent
         config = cluster.svc.config
         self.repairer = Repairer(self, config["replication.repair_interval_seconds"],
                                  config["replication.tombstone_days"])
@@ -283,7 +284,7 @@ class Replicator:
                 writer = self.store.buffer(chunks)
                 try:
                     prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
-                                                 verify_signature=self._verify_origin)
+                                                 verify_signature=self.verify_origin)
                     if in_thread:
                         writer.materialize()    # here, not in the group commit's thread
                     return prepared
@@ -320,13 +321,15 @@ class Replicator:
             await loop.run_in_executor(None, writer.finish)
             prepared = await loop.run_in_executor(None, lambda: R.prepare_replica(
                 self.store, writer, attr, origin=origin,
-                verify_signature=self._verify_origin))
+                verify_signature=self.verify_origin))
         except BaseException:
             writer.abort()
             raise
         return await asyncio.wrap_future(self.store.commit_upload(prepared))
 
-    def _verify_origin(self, payload: bytes, signature: dict) -> bool:
+    def verify_origin(self, payload: bytes, signature: dict) -> bool:
+        """Whether ``signature`` over ``payload`` is a roster node's (or a node this
+        store once knew)."""
         from ..engine.node import verify_signature
         doc = self.cluster.doc
         key_id = signature.get("key_id")
@@ -360,7 +363,16 @@ class Replicator:
                 log.debug("following %s: %s", peer, exc)
                 await asyncio.sleep(RETRY_SECONDS)
                 continue
-            cursor = await self._apply_batch(peer, records, cursor, failures)
+            try:
+                cursor = await self._apply_batch(peer, records, cursor, failures)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug, or the store failing: the follower must not die of it (nothing
+                # would start it again before a restart). The batch is tried again.
+                log.exception("applying %s's records failed", peer)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
             await self._save_cursor(peer, cursor)
 
     async def _apply_batch(self, peer: str, records: list[dict], cursor: int,
@@ -409,7 +421,14 @@ class Replicator:
                 fetch.cancel()
                 await asyncio.gather(fetch, return_exceptions=True)
             raise
-        failed = await fetch if fetch is not None else []
+        try:
+            failed = await fetch if fetch is not None else []
+        except Exception:
+            # The fetch broke as a whole (a bug, the store refusing): every new file of the
+            # batch is passed by with a repair asked for; the follower goes on.
+            log.exception("fetching %s's new files failed", peer)
+            failed = list(creates)
+            self.stats["pull_failures"] += 1
         for fid in failed:
             passed_by(creates[fid], "its file could not be fetched")
         if stopped:
@@ -449,10 +468,13 @@ class Replicator:
             failed = await bundle.fetch(self, peer, list(mine), origins) if mine else []
         finally:
             for fid, future in mine.items():
-                self._pulling.pop(fid, None)
-                future.set_result(None)
+                if self._pulling.get(fid) is future:
+                    del self._pulling[fid]
+                if not future.done():
+                    future.set_result(None)
         if others:
-            await asyncio.gather(*others)
+            # Waited for, never cancelled from here: they belong to another fetch.
+            await asyncio.wait(others)
         return failed
 
     async def _save_cursor(self, peer: str, cursor: int) -> None:
