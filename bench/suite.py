@@ -3,10 +3,18 @@
 Each server runs alone on its own fresh ext4 image (same disk, same state), driven by the
 same load generator in its own process: PUT then GET of 4 KiB, 64 KiB, 1 MiB and 1 GiB
 objects at concurrency 1 and 16. References: the Swift object server (fsyncs each object,
-as ArtStore does), nginx WebDAV (no fsync: a ceiling) and the bare aiohttp sink (fsync +
-rename + fsync(dir) per body: the HTTP ceiling for durable PUTs, and the proof that the
-load generator can go faster than ArtStore). ArtStore also gets metadata GET, a list page,
-a search and reads through the FUSE view. GETs follow their PUTs: the page cache is warm.
+as ArtStore does), nginx WebDAV (no fsync: a ceiling, and the measure of the load
+generator's own limit) and the bare aiohttp sink (fsync + rename + fsync(dir) per body:
+the HTTP ceiling for durable PUTs). ArtStore also gets metadata GET, a list page, a search
+and reads through the FUSE view. GETs follow their PUTs: the page cache is warm for every
+server alike.
+
+Repeats are interleaved: repeat r runs every server in turn (the order rotated each
+repeat), each on a new filesystem, so drift of the machine over the run falls on all of
+them alike. A figure is the median of the repeats; the spread (min-max of ops/s, as a
+percentage of the median) is printed beside it. Every goal of issue 16 is printed with a
+verdict. A reference server that is missing or fails, or a request that fails, makes the
+run fail (``failed()``): a ratio against nothing is not a result.
 """
 
 from __future__ import annotations
@@ -27,6 +35,15 @@ KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 FULL = {4 * KIB: (400, 2000), 64 * KIB: (300, 1500), MIB: (100, 600), GIB: (1, 16)}
 QUICK = {4 * KIB: (20, 64), 64 * KIB: (20, 64), MIB: (10, 32), 8 * MIB: (2, 16)}
 CONCURRENCY = (1, 16)
+SERVERS = ("artstore", "swift", "nginx", "sink")
+REPEATS, QUICK_REPEATS = 3, 3
+# Issue 16's goals. PUT: >= 1.5x Swift at every size and concurrency, >= 0.8x the sink at
+# 16 clients, single-client p50 <= Swift's; GET of 4 KiB and 1 MiB at 16 >= 2x Swift; a
+# list page at 16 clients >= 3x the 133 pages/s measured before, p99 <= 50 ms; many 1 MiB
+# files read through FUSE by 16 readers >= 0.5x direct.
+PUT_VS_SWIFT, PUT_VS_SINK_X16, GET_VS_SWIFT_X16 = 1.5, 0.8, 2.0
+LIST_PAGES_PER_S, LIST_P99_MS, FUSE_MANY_VS_DIRECT = 3 * 133, 50.0, 0.5
+NEAR_CEILING = 0.8   # a rate this close to the load generator's best says little
 
 
 def label(size: int) -> str:
@@ -74,7 +91,8 @@ class RssSampler:
 def _row(results: list, server: str, workload: str, size, conc: int, res: dict) -> None:
     """Record one measurement; failed requests are counted in it, not raised, so one
     reference server's trouble does not lose the rest of the run."""
-    results.append({"errors": res["errors"], "first_error": res["first_error"],"server": server, "workload": workload,
+    results.append({"errors": res["errors"], "first_error": res["first_error"],
+                    "server": server, "workload": workload,
                     "size": label(size) if isinstance(size, int) else size,
                     "concurrency": conc, "ops_per_s": res["ops_per_s"],
                     "MB_per_s": res["bytes_per_s"] / 1e6, "p50_ms": res["p50_ms"],
@@ -177,64 +195,149 @@ def _read_all(paths: list[str]) -> int:
         return sum(pool.map(read, paths))
 
 
-def run(work: str, *, quick: bool = False) -> dict:
+def run(work: str, *, quick: bool = False, repeats: int | None = None) -> dict:
     sizes = QUICK if quick else FULL
+    repeats = repeats or (QUICK_REPEATS if quick else REPEATS)
     have = peers.available()
-    results: list[dict] = []
+    runs: list[list[dict]] = []          # one list of measurements per repeat
     failures: dict[str, str] = {}
+    for server, present in have.items():
+        if not present:
+            failures[server] = "not installed"
     rss = {}
     image = 4 * GIB if quick else 40 * GIB
-    for server in ("artstore", "swift", "nginx", "sink"):
-        if server in ("swift", "nginx") and not have[server]:
-            continue
-        with fresh_filesystem(os.path.join(work, server), image) as (fs, kind):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            if server == "artstore":
-                target = Server.artstored(os.path.join(fs, "store"), port)
-                sampler = RssSampler(target.proc.pid)
-            elif server == "sink":
-                target = Server.sink(os.path.join(fs, "sink"), port)
-            elif server == "swift":
-                target = peers.SwiftObject.start(os.path.join(fs, "swift"), port)
-            else:
-                target = peers.NginxDav.start(os.path.join(fs, "nginx"), port)
-            try:
-                kept = _objects(server, target, base, sizes, results)
-                if server == "artstore":
-                    _artstore_extras(target, base, kept, results, quick)
-                    _fuse_reads(target, kept["mib_ids"], results)
-                    rss = sampler.stop()
-            except Exception as exc:  # keep what the other servers measure
-                failures[server] = f"{type(exc).__name__}: {exc}"[:500]
-            finally:
-                target.stop()
-    return {"results": results, "artstore_rss": rss, "peers": have, "failures": failures,
-            "filesystem": "fresh ext4 image per server"}
+    for r in range(repeats):
+        results: list[dict] = []
+        order = SERVERS[r % len(SERVERS):] + SERVERS[:r % len(SERVERS)]
+        for server in order:
+            if server in failures:
+                continue
+            sampler = None
+            with fresh_filesystem(os.path.join(work, f"{server}-{r}"), image) as (fs, kind):
+                port = free_port()
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    if server == "artstore":
+                        target = Server.artstored(os.path.join(fs, "store"), port)
+                        sampler = RssSampler(target.proc.pid)
+                    elif server == "sink":
+                        target = Server.sink(os.path.join(fs, "sink"), port)
+                    elif server == "swift":
+                        target = peers.SwiftObject.start(os.path.join(fs, "swift"), port)
+                    else:
+                        target = peers.NginxDav.start(os.path.join(fs, "nginx"), port)
+                except Exception as exc:
+                    failures[server] = f"did not start: {type(exc).__name__}: {exc}"[:500]
+                    continue
+                try:
+                    kept = _objects(server, target, base, sizes, results)
+                    if server == "artstore":
+                        _artstore_extras(target, base, kept, results, quick)
+                        _fuse_reads(target, kept["mib_ids"], results)
+                except Exception as exc:  # keep what the other servers measure
+                    failures[server] = f"{type(exc).__name__}: {exc}"[:500]
+                finally:
+                    if sampler is not None:
+                        peak = sampler.stop()
+                        rss = {k: max(v, rss.get(k, 0)) for k, v in peak.items()}
+                    target.stop()
+        runs.append(results)
+    return {"results": _medians(runs), "repeats": repeats, "artstore_rss": rss,
+            "peers": have, "failures": failures,
+            "filesystem": "fresh ext4 image per server and repeat"}
+
+
+def _medians(runs: list[list[dict]]) -> list[dict]:
+    """One row per (server, workload, size, concurrency): the median of the repeats'
+    ops/s, MB/s and latencies, the spread of ops/s, and every repeat's errors."""
+    import statistics
+    groups: dict[tuple, list[dict]] = {}
+    for results in runs:
+        for row in results:
+            key = (row["server"], row["workload"], row["size"], row["concurrency"])
+            groups.setdefault(key, []).append(row)
+    out = []
+    for rows in groups.values():
+        med = dict(rows[0])
+        for field in ("ops_per_s", "MB_per_s", "p50_ms", "p99_ms"):
+            values = [r[field] for r in rows if r.get(field) is not None]
+            med[field] = statistics.median(values) if values else None
+        ops = [r["ops_per_s"] for r in rows]
+        med["repeats"] = len(rows)
+        med["spread_pct"] = 100 * (max(ops) - min(ops)) / med["ops_per_s"] \
+            if med["ops_per_s"] else None
+        med["errors"] = sum(r.get("errors") or 0 for r in rows)
+        med["first_error"] = next((r.get("first_error") for r in rows
+                                   if r.get("first_error")), None)
+        out.append(med)
+    return out
+
+
+def failed(suite: dict) -> list[str]:
+    """Why this run's ratios cannot be trusted (empty: they can)."""
+    why = [f"{server}: {failure}" for server, failure in suite.get("failures", {}).items()]
+    why += [f"{r['server']} {r['workload']} {r['size']} x{r['concurrency']}: {r['errors']} "
+            f"requests failed ({r['first_error']})" for r in suite["results"]
+            if r.get("errors")]
+    return why
 
 
 def ratios(results: list[dict]) -> list[dict]:
-    """ArtStore ÷ each reference, per workload (ops/s)."""
+    """ArtStore ÷ each reference, per workload (ops/s), with the goals that apply to the
+    row (``goals``: [(what, met)]) and whether the rate is near the load generator's
+    ceiling (nginx, the fastest server, on the same workload)."""
     index = {(r["server"], r["workload"], r["size"], r["concurrency"]): r for r in results}
+    small_get_ceiling = index.get(("nginx", "GET", "4 KiB", 16))
     out = []
     for r in results:
         if r["server"] != "artstore":
             continue
         row = {"workload": r["workload"], "size": r["size"], "concurrency": r["concurrency"],
-               "artstore": r}
+               "artstore": r, "goals": []}
         for ref in ("swift", "nginx", "sink"):
             other = index.get((ref, r["workload"], r["size"], r["concurrency"]))
             if other and other["ops_per_s"]:
                 row[ref] = other
                 row[f"vs_{ref}"] = r["ops_per_s"] / other["ops_per_s"]
+        ceiling = row.get("nginx") or (small_get_ceiling if r["workload"] in (
+            "metadata GET", "list page (100)", "search") else None)
+        if ceiling and ceiling["ops_per_s"]:
+            row["ceiling"] = ceiling["ops_per_s"]
+            row["near_ceiling"] = r["ops_per_s"] >= NEAR_CEILING * ceiling["ops_per_s"]
+        _goals(row)
         out.append(row)
     fuse = index.get(("artstore-fuse", "read files (x16 threads)", "1 MiB", 16))
     direct = index.get(("direct", "read files (x16 threads)", "1 MiB", 16))
     if fuse and direct:
+        ratio = fuse["MB_per_s"] / direct["MB_per_s"]
         out.append({"workload": "FUSE read ÷ direct", "size": "1 MiB", "concurrency": 16,
-                    "artstore": fuse, "direct": direct,
-                    "vs_direct": fuse["MB_per_s"] / direct["MB_per_s"]})
+                    "artstore": fuse, "direct": direct, "vs_direct": ratio,
+                    "goals": [(f"÷direct >= {FUSE_MANY_VS_DIRECT}",
+                               ratio >= FUSE_MANY_VS_DIRECT)]})
     return out
+
+
+def _goals(row: dict) -> None:
+    """Issue 16's goals for one ArtStore row, each (what, met); a goal whose reference is
+    missing counts as not met."""
+    a, goals = row["artstore"], row["goals"]
+    work, size, conc = row["workload"], row["size"], row["concurrency"]
+    if work == "PUT":
+        goals.append((f"÷swift >= {PUT_VS_SWIFT}", row.get("vs_swift", 0) >= PUT_VS_SWIFT))
+        if conc == 16:
+            goals.append((f"÷sink >= {PUT_VS_SINK_X16}",
+                          row.get("vs_sink", 0) >= PUT_VS_SINK_X16))
+        else:
+            swift = row.get("swift")
+            goals.append(("p50 <= swift's", bool(swift) and a["p50_ms"] is not None and
+                          a["p50_ms"] <= swift["p50_ms"]))
+    elif work == "GET" and conc == 16 and size in ("4 KiB", "1 MiB"):
+        goals.append((f"÷swift >= {GET_VS_SWIFT_X16}",
+                      row.get("vs_swift", 0) >= GET_VS_SWIFT_X16))
+    elif work == "list page (100)":
+        goals.append((f">= {LIST_PAGES_PER_S} pages/s", a["ops_per_s"] >= LIST_PAGES_PER_S))
+        goals.append((f"p99 <= {LIST_P99_MS:.0f} ms", a["p99_ms"] is not None and
+                      a["p99_ms"] <= LIST_P99_MS))
 
 
 def _ops(value: float, width: int) -> str:
@@ -247,40 +350,55 @@ def _ms(value: float | None) -> str:
     return f"{value / 1000:>7.1f}s" if value >= 10_000 else f"{value:>8.1f}"
 
 
+def _verdicts(goals: list) -> str:
+    return "; ".join(f"{what} {'meets' if met else 'BELOW'}" for what, met in goals)
+
+
 def table(suite: dict) -> str:
-    lines = [f"{'workload':<28}{'artstore':>11}{'MB/s':>9}{'p50ms':>8}{'p99ms':>8}"
-             f"{'swift':>10}{'nginx':>10}{'sink':>10}{'÷swift':>8}{'÷nginx':>8}{'÷sink':>7}"]
-    for row in ratios(suite["results"]):
+    lines = [f"medians of {suite.get('repeats', 1)} interleaved repeats (spread: min-max of "
+             f"ArtStore's ops/s over the repeats, % of the median); GETs read what was just "
+             f"PUT: the page cache is warm for every server",
+             f"{'workload':<28}{'artstore':>11}{'spread':>7}{'MB/s':>7}{'p50ms':>8}{'p99ms':>8}"
+             f"{'swift':>9}{'nginx':>9}{'sink':>9}{'÷swift':>7}{'÷nginx':>7}{'÷sink':>7}  goals"]
+    rows = ratios(suite["results"])
+    for row in rows:
         a = row["artstore"]
         name = f"{row['workload']} {row['size']} x{row['concurrency']}"
+        spread = f"{a['spread_pct']:>6.0f}%" if a.get("spread_pct") is not None \
+            else f"{'-':>7}"
 
         def ops(ref):
-            return _ops(row[ref]["ops_per_s"], 10) if ref in row else f"{'-':>10}"
+            return _ops(row[ref]["ops_per_s"], 9) if ref in row else f"{'-':>9}"
 
-        def ratio(ref, width=8):
+        def ratio(ref, width=7):
             return f"{row['vs_' + ref]:>{width}.2f}" if f"vs_{ref}" in row else f"{'-':>{width}}"
         p50, p99 = _ms(a["p50_ms"]), _ms(a["p99_ms"])
+        note = " (near the load generator's ceiling)" if row.get("near_ceiling") else ""
         if row["workload"] == "FUSE read ÷ direct":
-            lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{a['MB_per_s']:>9.0f}{p50}{p99}"
-                         f"   direct {row['direct']['MB_per_s']:.0f} MB/s, ratio "
-                         f"{row['vs_direct']:.2f}")
+            lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{spread}{a['MB_per_s']:>7.0f}"
+                         f"{p50}{p99}   direct {row['direct']['MB_per_s']:.0f} MB/s, ratio "
+                         f"{row['vs_direct']:.2f}  {_verdicts(row['goals'])}")
             continue
-        lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{a['MB_per_s']:>9.0f}{p50}{p99}"
-                     f"{ops('swift')}{ops('nginx')}{ops('sink')}{ratio('swift')}"
-                     f"{ratio('nginx')}{ratio('sink', 7)}")
+        lines.append(f"{name:<28}{_ops(a['ops_per_s'], 11)}{spread}{a['MB_per_s']:>7.0f}"
+                     f"{p50}{p99}{ops('swift')}{ops('nginx')}{ops('sink')}{ratio('swift')}"
+                     f"{ratio('nginx')}{ratio('sink')}  {_verdicts(row['goals'])}{note}")
+    goals = [met for row in rows for _, met in row["goals"]]
+    lines.append(f"goals met: {sum(goals)} of {len(goals)}")
+    index = {(r["server"], r["workload"], r["size"], r["concurrency"]): r
+             for r in suite["results"]}
+    ceiling = [f"{w} {sz} x{c} {index[('nginx', w, sz, c)]['ops_per_s']:.0f}/s"
+               for w, sz, c in (("GET", "4 KiB", 16), ("PUT", "4 KiB", 16))
+               if ("nginx", w, sz, c) in index]
+    if ceiling:
+        lines.append("load generator ceiling (its rate against nginx, the fastest server): "
+                     + ", ".join(ceiling) + f"; an ArtStore rate above {NEAR_CEILING:.0%} of "
+                     "the ceiling on its workload is marked")
     rss = suite.get("artstore_rss") or {}
     if rss:
         lines.append(f"ArtStore daemon RSS, largest during the suite: {rss['max_rss_MiB']:.0f} MiB "
                      f"(anonymous {rss['max_rss_anon_MiB']:.0f} MiB; goal < 200)")
-    errors = [f"{r['server']} {r['workload']} {r['size']} x{r['concurrency']}: {r['errors']} "
-              f"failed ({r['first_error']})" for r in suite["results"] if r.get("errors")]
-    if errors:
-        lines.append("requests that failed: " + "; ".join(errors))
-    for server, failure in suite.get("failures", {}).items():
-        lines.append(f"{server}: stopped early: {failure}")
-    missing = [k for k, v in suite["peers"].items() if not v]
-    if missing:
-        lines.append(f"not installed, left out: {', '.join(missing)}")
+    for why in failed(suite):
+        lines.append(f"FAILED: {why}")
     return "\n".join(lines)
 
 
