@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import secrets
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 

@@ -16,8 +16,8 @@ import platform
 import shutil
 import time
 
-from . import (catchup, cluster, core, durability, fuse, hostile, placement, preservation,
-               replication, search, suite, swim)
+from . import (catchup, cluster, core, durability, fuse, hostile, mixed, placement,
+               preservation, replication, search, suite, swim)
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -135,6 +135,12 @@ def main(argv=None) -> int:
                                                quick=args.quick)
         timings["durability"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nDurability:\n" + durability.report(results["durability"]), flush=True)
+        results["mixed"] = mixed.run(os.path.join(args.work, "mixed"),
+                                     big=(512 if args.quick else 1024) << 20,
+                                     small=100 if args.quick else 300, repeats=3)
+        timings["mixed"] = round(time.monotonic() - started - sum(timings.values()))
+        print("\nSmall uploads beside a big one:\n" + mixed.report(results["mixed"]),
+              flush=True)
         results["hostile"] = hostile.run(args.work, quick=args.quick)
         timings["hostile"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nHostile clients:\n" + hostile.report(results["hostile"]), flush=True)
