@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import __version__, config as C, logs, sdnotify
 from .api.app import build_app
-from .api.state import Services
+from .api.state import Services, watch_resizes
 from .changefeed import ChangeFeed
 from .auth.accounts import AccountStore
 from .auth.keys import KeyRing
@@ -101,6 +101,7 @@ def open_services(svc: Services) -> None:
         store.close()
         raise
     svc.store = store
+    watch_resizes(store.env)
     log.info("store open: mode %s, recovery %s", store.mode, store.recovery_report,
              extra={"node_id": store.node.node_id})
 

@@ -112,3 +112,17 @@ def test_nan_and_infinity_are_not_json(api, constant):
     r = api.upload(b"m", "m.txt", fields={"custom_attributes": f'{{"a": {constant}}}'})
     assert r.status == 422 and r.problem["code"] == "invalid_json"
     assert json.loads(api.get(f"/api/v1/files/{attr['file_id']}").body)["version"] == 1
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999"])
+def test_a_number_too_large_for_a_float_is_refused(api, number):
+    """JSON parses 1e999 as an infinity, which no JSON can carry back: refused as a value,
+    on upload and on PATCH, and nothing changes."""
+    attr = api.upload_ok(b"n", "n.txt")
+    r = api.request("PATCH", f"/api/v1/files/{attr['file_id']}",
+                    body=f'{{"custom_attributes": {{"a": [{number}]}}}}'.encode(),
+                    headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status in (400, 422) and r.problem["code"] == "invalid_custom_attributes"
+    r = api.upload(b"m", "m.txt", fields={"custom_attributes": f'{{"a": {number}}}'})
+    assert r.status in (400, 422) and r.problem["code"] == "invalid_custom_attributes"
+    assert json.loads(api.get(f"/api/v1/files/{attr['file_id']}").body)["version"] == 1

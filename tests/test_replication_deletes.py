@@ -69,6 +69,7 @@ def test_a_delete_through_a_node_without_a_copy_removes_every_copy(cluster):
     assert r.headers["x-artstore-served-by"] in attr["replicas"]
     for i in range(3):
         wait_until(lambda i=i: not _holds(c, i, fid), SPREAD_BOUND, f"no copy on node {i}")
+    for i in range(3):       # (a node without a copy asks the others: none has one now)
         r = c.api(i).get(f"/api/v1/files/{fid}")
         assert r.status in (404, 410), (i, r.status)
     r = via.request("DELETE", "/api/v1/files/01a21e26-0000-7000-8000-000000000000")

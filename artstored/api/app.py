@@ -8,6 +8,7 @@ rather than served unauthenticated, and a test walks the route table to keep it 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import time
@@ -54,10 +55,16 @@ def route_requirement(handler):
     return getattr(handler, _AUTH_ATTR, ...)
 
 
+# Request ids: a random prefix per process and a counter (unique in this process's logs,
+# and across restarts by the prefix; no getrandom call on every request).
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
+
+
 def _safe_request_id(value: str | None) -> str:
     if value and len(value) <= 128 and value.isascii() and value.isprintable():
         return value
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
 
 @web.middleware

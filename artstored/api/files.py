@@ -21,7 +21,7 @@ from . import download
 from .params import ascii_int
 from .app import actor_of, requires
 from .responses import json_response, read_json
-from .state import blocking, services
+from .state import blocking, quick_read, services
 from .upload import receive_upload
 
 ACKS = ("local", "quorum", "all")
@@ -78,8 +78,11 @@ async def list_files(request: web.Request) -> web.Response:
     order = request.query.get("order", catalog.DESC)
     if order not in (catalog.ASC, catalog.DESC):
         raise BadRequest("order must be asc or desc", code="invalid_order")
-    items, next_cursor = await blocking(svc.store.list, limit=parse_limit(request),
-                                        cursor=request.query.get("cursor"), order=order)
+    limit = parse_limit(request)
+    # A page of the default size is a short read; a larger one is CPU enough for the pool.
+    read = quick_read if limit <= DEFAULT_LIMIT else blocking
+    items, next_cursor = await read(svc.store.list, limit=limit,
+                                    cursor=request.query.get("cursor"), order=order)
     return json_response({"items": items, "next_cursor": next_cursor})
 
 
@@ -90,7 +93,7 @@ async def get_file(request: web.Request) -> web.Response:
     file_id = request.match_info["file_id"]
     headers = {}
     try:
-        attr = (await blocking(svc.store.get, file_id)).attr
+        attr = (await quick_read(svc.store.get, file_id)).attr
     except FileNotFound:
         if not _in_cluster(svc):
             raise
@@ -115,6 +118,8 @@ async def download_file(request: web.Request) -> web.StreamResponse:
         entry, fobj = svc.store.open_content(request.match_info["file_id"])
         return download.build_response(request, entry.attr, fobj)
     try:
+        # In the pool, never on the loop: opening and reading touch the file's disk, and a
+        # disk that hangs must stall only the requests for its files.
         return await blocking(open_and_build)
     except FileNotFound:
         if not _in_cluster(svc):

@@ -30,6 +30,7 @@ by ``decode``; it is written as v2.0 at its next change. The whole document is a
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from datetime import datetime, timezone
@@ -122,8 +123,9 @@ def _validate_attr_value(value, depth: int, path: str) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _validate_attr_value(v, depth + 1, f"{path}[{i}]")
-    elif isinstance(value, float) and value != value:  # NaN never round-trips
-        raise ValidationError(f"custom_attributes value at {path} is NaN",
+    elif isinstance(value, float) and not math.isfinite(value):
+        # NaN and infinities are not JSON (1e999 parses as infinity): they never round-trip.
+        raise ValidationError(f"custom_attributes value at {path} is not a finite number",
                               code="invalid_custom_attributes")
 
 

@@ -119,6 +119,11 @@ class _Gate:
                 if self._active == 0:
                     self._cond.notify_all()
 
+    @property
+    def resizing(self) -> bool:
+        """Whether a resize waits for the transactions under way (new ones would wait)."""
+        return self._resizing
+
     @contextlib.contextmanager
     def exclusive(self, timeout: float):
         """Yields True with every other transaction in this process finished (new ones
@@ -226,6 +231,11 @@ class Env:
         with self._gate.txn():
             with self.env.begin(write=True) as txn:
                 yield txn
+
+    def resize_pending(self) -> bool:
+        """Whether a map resize is waiting for the transactions under way: a new one
+        started now would wait for it."""
+        return self._gate.resizing
 
     @contextlib.contextmanager
     def read(self):
