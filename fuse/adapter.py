@@ -3,8 +3,10 @@
 Everything that changes the tree or a file is EROFS (the mount is also made with ``ro``,
 so the kernel refuses most writes before they get here). Content is immutable, so open
 files keep the kernel's page cache (``keep_cache``) and reads are plain ``pread``s on a file
-descriptor opened once per handle: no LMDB lookup on the read path. Model calls that touch
-LMDB or the disk run in worker threads, so one slow request does not stall the others.
+descriptor opened once per handle: no LMDB lookup on the read path. What is in the page
+cache is read at once (``RWF_NOWAIT``: never waits for the disk); model calls that touch
+LMDB or the disk, and reads that would wait, run in worker threads, so one slow request
+does not stall the others.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def _read_ahead_pread(fd: int, size: int, off: int) -> bytes:
     return os.pread(fd, size, off)
 
 
+def _cached_pread(fd: int, size: int, off: int) -> bytes:
+    """What of ``[off, off + size)`` is in the page cache, read without waiting for the
+    disk (``RWF_NOWAIT``): all of it for a warm file, a prefix, or nothing. A read that
+    would block costs no thread hop this way, and one that would not never waits."""
+    buf = bytearray(size)
+    try:
+        n = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
+    except (BlockingIOError, OSError):
+        return b""        # not cached (or RWF_NOWAIT unsupported here): the thread reads
+    return bytes(memoryview(buf)[:n])
+
+
 class Counters:
     """Operations, bytes and errors, for the mount's metrics."""
 
@@ -120,9 +134,10 @@ class ArchiveFS(pyfuse3.Operations):
     @fs_errors
     async def lookup(self, parent_inode, name, ctx=None):
         self._count("lookup")
-        node = await self._in_thread(self.model.lookup, parent_inode,
-                                     os.fsdecode(name))
-        return await self._in_thread(self._attributes, node)
+        name = os.fsdecode(name)
+        # One trip to a worker thread, not two: a lookup precedes every open.
+        return await self._in_thread(lambda: self._attributes(
+            self.model.lookup(parent_inode, name)))
 
     @fs_errors
     async def getattr(self, inode, ctx=None):
@@ -185,7 +200,12 @@ class ArchiveFS(pyfuse3.Operations):
         handle = self._files[fh]
         if isinstance(handle, bytes):
             return handle[off:off + size]
-        data = await self._in_thread(_read_ahead_pread, handle, size, off)
+        data = _cached_pread(handle, size, off)
+        if len(data) < size:
+            # Not (all) in the page cache: the rest from a worker thread, which may wait
+            # for the disk (an empty answer there is the end of the file).
+            data += await self._in_thread(_read_ahead_pread, handle, size - len(data),
+                                          off + len(data))
         self.counters.bytes_read += len(data)
         return data
 
