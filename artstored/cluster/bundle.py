@@ -23,14 +23,15 @@ SHA-256), as every replica's are. What it could not take, it has repaired.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import os
 import struct
 
-import aiohttp
 from aiohttp import web
 
 from ..engine import attrs as A
+from ..engine import replica as R
 from ..engine.errors import ArtStoreError, BadRequest, FileDeleted, FileNotFound
 from ..replication import envelope as E
 from .wire import BUNDLE, CONNECT_SECONDS
@@ -42,6 +43,7 @@ BUNDLE_BYTES = 32 << 20       # bytes one answer carries at most (more: ``later`
 IDS_PER_BUNDLE = 32           # files one fetch puts in a request: several requests overlap
 BUNDLES_AT_ONCE = 4           # requests one fetch keeps open towards a peer
 CHUNK = 1 << 20
+RECEIVE_TIMEOUT = 60.0       # seconds a bundle's sender may stay silent
 READ_AHEAD = 8               # pieces (up to CHUNK each) read before they are sent
 READ_AHEAD_BYTES = 8 << 20    # of each file, asked of the disk when the bundle is opened
 SERVING_AT_ONCE = 8          # bundle answers one node sends at a time (the rest wait)
@@ -192,7 +194,7 @@ async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> li
                 pending = set(ids)        # asked for, not yet accounted for
                 try:
                     ids = await _fetch_one(replicator, peer, ids, origins, pending, failed)
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError,
+                except (http.client.HTTPException, OSError, ValueError,
                         asyncio.IncompleteReadError, E.EnvelopeError, ArtStoreError) as exc:
                     log.info("bundle of %d files from %s failed: %s", len(pending), peer,
                              exc)
@@ -209,44 +211,141 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
                      failed: list) -> list[str]:
     """One bundle request; returns the ids ``peer`` put off (``later``). Each id leaves
     ``pending`` once accounted for (committed, gone there, or added to ``failed``); the
-    commits of the files whose bytes arrived are awaited before this returns or raises."""
+    commits of the files whose bytes arrived are awaited before this returns or raises.
+
+    The answer's bytes are received, hashed, checked and written by one worker thread with
+    a blocking socket (``_Receiver``), not by the event loop: a bulk transfer through the
+    loop went at the pace the loop got the GIL back after each 256 KiB read. Signing the
+    request and opening the signed manifest stay on the loop."""
     cluster = replicator.cluster
+    loop = asyncio.get_running_loop()
     blob = cluster.sign_for(peer, {"t": "bundle", "ids": ids})
-    commits: list[asyncio.Task] = []
+    receiver = _Receiver(replicator, cluster.doc.address(peer), peer)
+    commits: list[tuple[str, asyncio.Future]] = []
     try:
-        async with replicator.session.post(
-                f"http://{cluster.doc.address(peer)}{BUNDLE}", data=blob,
-                headers={"Content-Type": "application/msgpack"},
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_SECONDS,
-                                              sock_read=60)) as resp:
-            if resp.status != 200:
-                raise ValueError(f"{peer} answered {resp.status}: "
-                                 f"{(await resp.read())[:200]!r}")
-            (length,) = _LENGTH.unpack(await resp.content.readexactly(_LENGTH.size))
-            if length > E.MAX_ENVELOPE_BYTES:
-                raise E.MalformedEnvelope(f"{peer}'s bundle manifest is too large")
-            manifest = cluster.open_answer(await resp.content.readexactly(length), peer,
-                                           "bundle")
-            files, later, gone = _checked(manifest, ids, peer, replicator.verify_origin)
-            pending.difference_update(gone)
-            if len(later) == len(ids):
-                raise ValueError(f"{peer} put every file of a bundle off")
-            for attr in files:
-                origin = origins.get(attr["file_id"]) or {"node": peer, "seq": None}
-                commits.append(await _receive(replicator, resp.content, attr, origin))
-                pending.discard(attr["file_id"])
-            pending.difference_update(later)
+        raw = await loop.run_in_executor(None, receiver.start, blob)
+        manifest = cluster.open_answer(raw, peer, "bundle")
+        files, later, gone = _checked(manifest, ids, peer, replicator.verify_origin)
+        pending.difference_update(gone)
+        if len(later) == len(ids):
+            raise ValueError(f"{peer} put every file of a bundle off")
+        plan = [(attr, origins.get(attr["file_id"]) or {"node": peer, "seq": None})
+                for attr in files]
+        await loop.run_in_executor(None, receiver.take_all, plan, commits.append)
+        pending.difference_update(attr["file_id"] for attr in files)
+        pending.difference_update(later)
     finally:
+        receiver.close()
         # What arrived is committed (or refused) whatever happened to the rest.
-        for result in await asyncio.gather(*commits, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result            # cancelled: commit() itself catches the rest
-            if result is not None:
-                failed.append(result)
+        for fid, future in commits:
+            if not await _committed(replicator, fid, future):
+                failed.append(fid)
+        for fid in receiver.refused:
+            failed.append(fid)
+            pending.discard(fid)
     # Neither sent, nor put off, nor gone there (unavailable, or left out): failed.
     failed.extend(sorted(pending))
     pending.clear()
     return later
+
+
+async def _committed(replicator, fid: str, future) -> bool:
+    """Whether the commit of ``fid`` left the file here (or it is gone here: nothing to
+    take); a refusal or failure is counted and logged."""
+    try:
+        await asyncio.wrap_future(future)
+        replicator.stats["pulled"] += 1
+        return True
+    except (FileNotFound, FileDeleted):
+        return True                     # deleted here meanwhile: nothing to take
+    except ArtStoreError as exc:        # refused: no room, the mode
+        replicator.stats["pull_failures"] += 1
+        log.warning("replica of %s from a bundle refused: %s", fid, exc.detail)
+        return False
+    except Exception:                   # never silently on the write path
+        replicator.stats["pull_failures"] += 1
+        log.exception("replica of %s from a bundle failed", fid)
+        return False
+
+
+class _Receiver:
+    """The blocking side of one bundle request, run in a worker thread: send it, read the
+    manifest (``start``), then read each file's bytes, check them against its attr and
+    hand them to the group commit (``take_all``). Not thread-safe: one thread at a time."""
+
+    def __init__(self, replicator, address: str, peer: str):
+        self.replicator, self.store, self.peer = replicator, replicator.store, peer
+        host, _, port = address.rpartition(":")
+        self.conn = http.client.HTTPConnection(host.strip("[]"), int(port),
+                                               timeout=CONNECT_SECONDS)
+        self.resp = None
+        self.refused: list[str] = []    # ids whose bytes arrived and were refused here
+
+    def start(self, blob: bytes) -> bytes:
+        """Send the request; the manifest's bytes (not yet checked)."""
+        self.conn.connect()                       # a peer that does not accept fast is down
+        self.conn.sock.settimeout(RECEIVE_TIMEOUT)
+        self.conn.request("POST", BUNDLE, body=blob,
+                          headers={"Content-Type": "application/msgpack"})
+        self.resp = self.conn.getresponse()
+        if self.resp.status != 200:
+            raise ValueError(f"{self.peer} answered {self.resp.status}: "
+                             f"{self.resp.read(200)!r}")
+        (length,) = _LENGTH.unpack(self._exactly(_LENGTH.size))
+        if length > E.MAX_ENVELOPE_BYTES:
+            raise E.MalformedEnvelope(f"{self.peer}'s bundle manifest is too large")
+        return self._exactly(length)
+
+    def take_all(self, plan, submitted) -> None:
+        """Read every planned file's bytes (in the manifest's order) and submit each good
+        copy to the group commit (``submitted((file_id, future))``); a copy refused here
+        (size, SHA-256, signature, no room) is listed in ``refused``. Raises if the
+        answer is cut (what is not read yet is then the caller's to count failed)."""
+        for attr, origin in plan:
+            fid, size = attr["file_id"], attr["file_size"]
+            left = size
+            try:
+                if size <= self.replicator.small_replica_bytes:
+                    data, left = self._exactly(size), 0
+                    writer = self.store.buffer([data] if size else [])
+                else:
+                    writer = self.store.begin_upload(size)
+                    try:
+                        while left:
+                            chunk = self._exactly(min(CHUNK, left))
+                            left -= len(chunk)
+                            writer.write_many([chunk])
+                        writer.finish()
+                    except BaseException:
+                        writer.abort()
+                        raise
+                try:
+                    prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
+                                                 verify_signature=self.replicator.verify_origin)
+                    writer.materialize()
+                except BaseException:
+                    writer.abort()
+                    raise
+            except ArtStoreError as exc:     # refused here (no room, the mode, a bad copy)
+                self._skip(left)             # the stream stays in step with the manifest
+                self.replicator.stats["pull_failures"] += 1
+                log.warning("replica of %s from %s refused: %s", fid, self.peer, exc.detail)
+                self.refused.append(fid)
+                continue
+            submitted((fid, self.store.commit_upload(prepared)))
+
+    def _skip(self, n: int) -> None:
+        while n:
+            n -= len(self._exactly(min(CHUNK, n)))
+
+    def _exactly(self, n: int) -> bytes:
+        data = self.resp.read(n) if n else b""
+        if len(data) != n:
+            raise asyncio.IncompleteReadError(data, n)
+        return data
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def _checked(manifest: dict, asked: list[str], peer: str, verify_origin):
@@ -272,51 +371,3 @@ def _checked(manifest: dict, asked: list[str], peer: str, verify_origin):
     later = [fid for fid in later if fid in wanted and fid not in seen]
     gone = [fid for fid in gone if fid in wanted and fid not in seen]
     return files, later, gone
-
-
-async def _exactly(content: aiohttp.StreamReader, size: int):
-    """The next ``size`` bytes of the answer, in pieces of at most CHUNK;
-    IncompleteReadError if it ends sooner."""
-    while size > 0:
-        piece = await content.readexactly(min(CHUNK, size))
-        size -= len(piece)
-        yield piece
-
-
-async def _receive(replicator, content, attr: dict, origin: dict) -> asyncio.Task:
-    """Take one file's bytes off the answer; return the task committing it (hashing and
-    checking run in a worker thread while the next file arrives). The task's result is
-    None when the file is here (or gone there), else its id (refused here)."""
-    fid = attr["file_id"]
-    if attr["file_size"] <= replicator.small_replica_bytes:
-        data = await content.readexactly(attr["file_size"]) if attr["file_size"] else b""
-        work = replicator.take_replica(attr, origin, _once(data), in_thread=True)
-    else:
-        writer = await replicator.begin_replica(attr)
-        try:
-            await replicator.fill(writer, _exactly(content, attr["file_size"]))
-        except BaseException:
-            writer.abort()
-            raise
-        work = replicator.finish_replica(writer, attr, origin)
-
-    async def commit() -> str | None:
-        try:
-            await work
-            replicator.stats["pulled"] += 1
-            return None
-        except (FileNotFound, FileDeleted):
-            return None                 # deleted here meanwhile: nothing to take
-        except ArtStoreError as exc:    # refused: a bad copy, no room, the mode
-            replicator.stats["pull_failures"] += 1
-            log.warning("replica of %s from a bundle refused: %s", fid, exc.detail)
-            return fid
-        except Exception:               # never silently on the write path
-            replicator.stats["pull_failures"] += 1
-            log.exception("replica of %s from a bundle failed", fid)
-            return fid
-    return asyncio.ensure_future(commit())
-
-
-async def _once(data: bytes):
-    yield data

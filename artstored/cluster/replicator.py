@@ -260,14 +260,10 @@ class Replicator:
 
     small_replica_bytes = SMALL_REPLICA_BYTES
 
-    async def take_replica(self, attr: dict, origin: dict, pieces, *,
-                           in_thread: bool = False) -> dict:
+    async def take_replica(self, attr: dict, origin: dict, pieces) -> dict:
         """Store the bytes of ``pieces`` (an async iterable) as a replica of ``attr``.
         Returns what is here afterwards; raises ReplicaRefused, ChecksumMismatch,
-        FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica. ``in_thread``:
-        a small replica is hashed, checked and written to tmp/ in a worker thread (for a
-        caller with more to receive meanwhile) rather than on the event loop and in the
-        group commit's thread."""
+        FileDeleted, ModeNotAllowed. Nothing is kept of a refused replica."""
         size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
         if 0 <= size <= SMALL_REPLICA_BYTES:
             # As a small upload: in memory, written by the group commit with its batch; no
@@ -279,20 +275,13 @@ class Replicator:
                     raise R.ReplicaRefused(f"replica of {attr.get('file_id')}: more bytes "
                                            "than its record says")
                 chunks.append(bytes(piece))
-
-            def prepare():
-                writer = self.store.buffer(chunks)
-                try:
-                    prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
-                                                 verify_signature=self.verify_origin)
-                    if in_thread:
-                        writer.materialize()    # here, not in the group commit's thread
-                    return prepared
-                except BaseException:
-                    writer.abort()
-                    raise
-            prepared = await asyncio.get_running_loop().run_in_executor(None, prepare) \
-                if in_thread else prepare()
+            writer = self.store.buffer(chunks)
+            try:
+                prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
+                                             verify_signature=self.verify_origin)
+            except BaseException:
+                writer.abort()
+                raise
             return await asyncio.wrap_future(self.store.commit_upload(prepared))
         writer = await self.begin_replica(attr)
         try:
