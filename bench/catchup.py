@@ -50,7 +50,7 @@ import threading
 import time
 
 from artstored.cluster.repair import ROSTER_SETTLE_SECONDS
-from artstored.cluster.replicator import PUSH_GRACE_SECONDS
+from artstored.cluster.follower import PUSH_GRACE_SECONDS
 from artstored.engine import attrs as A
 from artstored.engine import layout as L
 from artstored.replication import placement as P
