@@ -187,13 +187,17 @@ async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> li
     refused here)."""
     gate = asyncio.Semaphore(BUNDLES_AT_ONCE)
     failed: list[str] = []
+    # Commits under way: awaited at the end, so that a request slot goes on to the next
+    # bundle while the group commit flushes the last one.
+    committing: list[tuple[str, object]] = []
 
     async def one(ids: list[str]) -> None:
         async with gate:
             while ids:
                 pending = set(ids)        # asked for, not yet accounted for
                 try:
-                    ids = await _fetch_one(replicator, peer, ids, origins, pending, failed)
+                    ids = await _fetch_one(replicator, peer, ids, origins, pending, failed,
+                                           committing)
                 except (http.client.HTTPException, OSError, ValueError,
                         asyncio.IncompleteReadError, E.EnvelopeError, ArtStoreError) as exc:
                     log.info("bundle of %d files from %s failed: %s", len(pending), peer,
@@ -204,14 +208,17 @@ async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> li
 
     await asyncio.gather(*(one(file_ids[i:i + IDS_PER_BUNDLE])
                            for i in range(0, len(file_ids), IDS_PER_BUNDLE)))
+    for fid, future in committing:
+        if not await _committed(replicator, fid, future):
+            failed.append(fid)
     return failed
 
 
 async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pending: set,
-                     failed: list) -> list[str]:
+                     failed: list, committing: list) -> list[str]:
     """One bundle request; returns the ids ``peer`` put off (``later``). Each id leaves
-    ``pending`` once accounted for (committed, gone there, or added to ``failed``); the
-    commits of the files whose bytes arrived are awaited before this returns or raises.
+    ``pending`` once accounted for (handed to the group commit -- its commit is added to
+    ``committing`` --, gone there, or added to ``failed``), also when this raises.
 
     The answer's bytes are received, hashed, checked and written by one worker thread with
     a blocking socket (``_Receiver``), not by the event loop: a bulk transfer through the
@@ -237,9 +244,8 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
     finally:
         receiver.close()
         # What arrived is committed (or refused) whatever happened to the rest.
-        for fid, future in commits:
-            if not await _committed(replicator, fid, future):
-                failed.append(fid)
+        committing.extend(commits)
+        pending.difference_update(fid for fid, _ in commits)
         for fid in receiver.refused:
             failed.append(fid)
             pending.discard(fid)
