@@ -176,8 +176,9 @@ def _node_key(c: Cluster, i: int) -> SigningKey:
 
 def test_a_bundle_answers_held_files_in_order_and_refuses_bad_requests(cluster):
     """``POST /cluster/v1/bundle`` (how a node catches up): a signed manifest for the
-    asker, then each held file's bytes in its order; a file not held is named missing; a
-    malformed list, a stranger and a replay are refused with their codes."""
+    asker, then each held file's bytes in its order; a file not held is named gone; what
+    does not fit in one answer is put off (later); a malformed list, a stranger and a
+    replay are refused with their codes."""
     c = cluster
     held = {}
     for k in range(12):
@@ -186,6 +187,12 @@ def test_a_bundle_answers_held_files_in_order_and_refuses_bad_requests(cluster):
         if 0 in owners(c, fid):
             held[fid] = content
     assert len(held) >= 2, "no file owned by node 0"
+    held_big: dict[str, bytes] = {}         # three of 17 MiB: two fill an answer
+    while len(held_big) < 3:
+        content = os.urandom(17 << 20)
+        fid = upload(c, 0, content).json()["file_id"]
+        if 0 in owners(c, fid):
+            held_big[fid] = content
     asker = 2
     c.nodes[asker].kill()     # its key signs the requests: its own counters must not run
     try:
@@ -213,6 +220,17 @@ def test_a_bundle_answers_held_files_in_order_and_refuses_bad_requests(cluster):
             assert hashlib.sha256(held[attr["file_id"]]).hexdigest() == attr["checksum_sha256"]
             rest = rest[attr["file_size"]:]
         assert rest == b""
+
+        # An answer carries at most BUNDLE_BYTES (32 MiB) of files: the rest is put off.
+        big = list(held_big)
+        r = post(me.pack({"t": "bundle", "ids": big, "rcpt": c.ids[0]}))
+        assert r.status == 200
+        (length,) = struct.unpack(">I", r.body[:4])
+        manifest = E.unpack(r.body[4:4 + length], {c.ids[0]: bytes(
+            _node_key(c, 0).verify_key)}, E.ReplayState()).message
+        assert [a["file_id"] for a in manifest["files"]] == big[:2]
+        assert manifest["later"] == big[2:]
+        assert r.body[4 + length:] == held_big[big[0]] + held_big[big[1]]
 
         for bad in ({"t": "bundle", "ids": "all"}, {"t": "bundle", "ids": []},
                     {"t": "bundle", "ids": ["x"] * 257}, {"t": "bundle", "ids": [7]}):
