@@ -26,7 +26,9 @@ import asyncio
 import http.client
 import logging
 import os
+import socket
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -44,6 +46,7 @@ IDS_PER_BUNDLE = 32           # files one fetch puts in a request: several reque
 BUNDLES_AT_ONCE = 4           # requests one fetch keeps open towards a peer
 CHUNK = 1 << 20
 RECEIVE_TIMEOUT = 60.0       # seconds a bundle's sender may stay silent
+RECEIVER_THREADS = 8         # bundles received at once by this node (more wait)
 READ_AHEAD = 8               # pieces (up to CHUNK each) read before they are sent
 READ_AHEAD_BYTES = 8 << 20    # of each file, asked of the disk when the bundle is opened
 SERVING_AT_ONCE = 8          # bundle answers one node sends at a time (the rest wait)
@@ -206,11 +209,18 @@ async def fetch(replicator, peer: str, file_ids: list[str], origins: dict) -> li
                     failed.extend(sorted(pending))
                     return
 
-    await asyncio.gather(*(one(file_ids[i:i + IDS_PER_BUNDLE])
-                           for i in range(0, len(file_ids), IDS_PER_BUNDLE)))
-    for fid, future in committing:
-        if not await _committed(replicator, fid, future):
-            failed.append(fid)
+    try:
+        results = await asyncio.gather(*(one(file_ids[i:i + IDS_PER_BUNDLE])
+                                         for i in range(0, len(file_ids), IDS_PER_BUNDLE)),
+                                       return_exceptions=True)
+    finally:
+        # Every commit handed on is awaited and counted, whatever happened to the rest.
+        for fid, future in committing:
+            if not await _committed(replicator, fid, future):
+                failed.append(fid)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result                  # a bug, or cancelled: the caller repairs them all
     return failed
 
 
@@ -225,12 +235,11 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
     loop went at the pace the loop got the GIL back after each 256 KiB read. Signing the
     request and opening the signed manifest stay on the loop."""
     cluster = replicator.cluster
-    loop = asyncio.get_running_loop()
     blob = cluster.sign_for(peer, {"t": "bundle", "ids": ids})
     receiver = _Receiver(replicator, cluster.doc.address(peer), peer)
     commits: list[tuple[str, asyncio.Future]] = []
     try:
-        raw = await loop.run_in_executor(None, receiver.start, blob)
+        raw = await _in_receiver_thread(receiver, receiver.start, blob)
         manifest = cluster.open_answer(raw, peer, "bundle")
         files, later, gone = _checked(manifest, ids, peer, replicator.verify_origin)
         pending.difference_update(gone)
@@ -238,13 +247,15 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
             raise ValueError(f"{peer} put every file of a bundle off")
         plan = [(attr, origins.get(attr["file_id"]) or {"node": peer, "seq": None})
                 for attr in files]
-        await loop.run_in_executor(None, receiver.take_all, plan, commits.append)
+        await _in_receiver_thread(receiver, receiver.take_all, plan, commits.append)
         pending.difference_update(attr["file_id"] for attr in files)
         pending.difference_update(later)
     finally:
         receiver.close()
-        # What arrived is committed (or refused) whatever happened to the rest.
+        # What arrived goes on to be committed (awaited in ``fetch``), whatever happened
+        # to the rest; what was refused here is counted here, on the loop.
         committing.extend(commits)
+        replicator.stats["pull_failures"] += len(receiver.refused)
         pending.difference_update(fid for fid, _ in commits)
         for fid in receiver.refused:
             failed.append(fid)
@@ -255,11 +266,31 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
     return later
 
 
+async def _in_receiver_thread(receiver, fn, *args):
+    """Run one blocking step of ``receiver`` in a receiver thread (their own pool: a
+    transfer holds its thread for seconds, and must never queue the daemon's other work,
+    or a peer's bundle requests it is serving, behind it). If the caller is cancelled, the
+    receiver is stopped (its socket shut down wakes a blocked read) and the step is waited
+    for, so that nothing of it runs on, or blocks the event loop, afterwards."""
+    future = asyncio.get_running_loop().run_in_executor(_RECEIVERS, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        receiver.stop()
+        await asyncio.gather(future, return_exceptions=True)
+        raise
+
+
+_RECEIVERS = ThreadPoolExecutor(max_workers=RECEIVER_THREADS,
+                                thread_name_prefix="bundle-receiver")
+
+
 async def _committed(replicator, fid: str, future) -> bool:
     """Whether the commit of ``fid`` left the file here (or it is gone here: nothing to
-    take); a refusal or failure is counted and logged."""
+    take); a refusal or failure is counted and logged. (Shielded: a cancelled caller must
+    not cancel the group commit's future, which the committer still resolves.)"""
     try:
-        await asyncio.wrap_future(future)
+        await asyncio.shield(asyncio.wrap_future(future))
         replicator.stats["pulled"] += 1
         return True
     except (FileNotFound, FileDeleted):
@@ -277,7 +308,8 @@ async def _committed(replicator, fid: str, future) -> bool:
 class _Receiver:
     """The blocking side of one bundle request, run in a worker thread: send it, read the
     manifest (``start``), then read each file's bytes, check them against its attr and
-    hand them to the group commit (``take_all``). Not thread-safe: one thread at a time."""
+    hand them to the group commit (``take_all``). One thread at a time, except ``stop``
+    (from the event loop, to end it)."""
 
     def __init__(self, replicator, address: str, peer: str):
         self.replicator, self.store, self.peer = replicator, replicator.store, peer
@@ -286,6 +318,7 @@ class _Receiver:
                                                timeout=CONNECT_SECONDS)
         self.resp = None
         self.refused: list[str] = []    # ids whose bytes arrived and were refused here
+        self._stopped = False
 
     def start(self, blob: bytes) -> bytes:
         """Send the request; the manifest's bytes (not yet checked)."""
@@ -334,10 +367,12 @@ class _Receiver:
                     raise
             except ArtStoreError as exc:     # refused here (no room, the mode, a bad copy)
                 self._skip(left)             # the stream stays in step with the manifest
-                self.replicator.stats["pull_failures"] += 1
                 log.warning("replica of %s from %s refused: %s", fid, self.peer, exc.detail)
                 self.refused.append(fid)
                 continue
+            if self._stopped:                # the fetch was cancelled: nobody would await
+                prepared.writer.abort()
+                raise asyncio.CancelledError()
             submitted((fid, self.store.commit_upload(prepared)))
 
     def _skip(self, n: int) -> None:
@@ -349,6 +384,17 @@ class _Receiver:
         if len(data) != n:
             raise asyncio.IncompleteReadError(data, n)
         return data
+
+    def stop(self) -> None:
+        """From another thread: make the receiving thread's blocked read (if any) return
+        at once and its ``take_all`` hand nothing more to the group commit."""
+        self._stopped = True
+        sock = self.conn.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.conn.close()

@@ -50,7 +50,8 @@ class QuorumNotReached(ArtStoreError):
 
 
 class Replicator(FeedFollower):
-    """Owned by a ClusterNode; runs on the daemon's event loop."""
+    """Owned by a ClusterNode; runs on the daemon's event loop (bundle receivers call
+    ``verify_origin`` from their threads: it only reads)."""
 
     def __init__(self, cluster):
         self.cluster = cluster
@@ -71,8 +72,8 @@ class Replicator(FeedFollower):
     # --- life -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        # A large read buffer: bundles and replicas are bulk transfers, and a 64 KiB
-        # buffer pauses and resumes the socket every few packets.
+        # A large read buffer: proxied downloads and the change feed can be bulk
+        # transfers, and a 64 KiB buffer pauses and resumes the socket every few packets.
         self._session = aiohttp.ClientSession(auto_decompress=False, read_bufsize=4 << 20)
         self.repairer.start()
 

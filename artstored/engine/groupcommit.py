@@ -244,7 +244,7 @@ class GroupCommitter:
                 if tombstone is not None:
                     self._fail(item, FileDeleted(f"file {fid} was deleted here; it is not "
                                                  "brought back", file_id=fid))
-                else:
+                elif not item.future.done():   # (its waiter may have given up)
                     item.future.set_result(existing.attr if existing else item.entry.attr)
         return out
 
