@@ -2,11 +2,9 @@
 
 import json
 import os
-import socket
 import statistics
 import threading
 import time
-import urllib.parse
 
 import lmdb
 import pytest
