@@ -284,10 +284,10 @@ def _files() -> dict:
                         write, {"200": record},
                         params=(h("If-Match", 'the record\'s ETag, such as "v3"'),),
                         request=body(ref("MergePatch"), "application/merge-patch+json"),
-                        errors=(400, 404, 409, 412, 413, 422), op_id="patchFile",
+                        errors=(400, 404, 409, 412, 413, 422, 503), op_id="patchFile",
                         description="application/json is accepted as well."),
             "delete": op("Delete a file", tag, (R.OPERATOR, R.FILES_WRITE),
-                         {"204": ok("Deleted")}, errors=(404, 409), op_id="deleteFile"),
+                         {"204": ok("Deleted")}, errors=(404, 409, 503), op_id="deleteFile"),
         },
         "/api/v1/files/{file_id}/download": {
             "parameters": [FILE_ID, h("Range", "one range: bytes=a-b, a- or -n"),
