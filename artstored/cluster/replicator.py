@@ -276,30 +276,10 @@ class Replicator(FeedFollower):
                 writer.abort()
                 raise
             return await asyncio.wrap_future(self.store.commit_upload(prepared))
-        writer = await self.begin_replica(attr)
-        try:
-            await self.fill(writer, pieces)
-        except BaseException:
-            writer.abort()
-            raise
-        return await self.finish_replica(writer, attr, origin)
-
-    async def begin_replica(self, attr: dict):
-        """An upload writer for the bytes of ``attr`` (streamed to tmp/: for large files)."""
-        size = attr.get("file_size") if isinstance(attr.get("file_size"), int) else 0
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.store.begin_upload, size)
-
-    async def fill(self, writer, pieces) -> None:
-        """Write an async iterable of byte pieces into ``writer``; the caller aborts the
-        writer if this raises."""
-        await stream_to_writer(pieces, writer)
-
-    async def finish_replica(self, writer, attr: dict, origin: dict) -> dict:
-        """Check the bytes in ``writer`` against ``attr`` and commit them (the writer is
-        aborted if they are refused). Returns the attr that is here afterwards."""
         loop = asyncio.get_running_loop()
+        writer = await loop.run_in_executor(None, self.store.begin_upload, size)
         try:
+            await stream_to_writer(pieces, writer)
             await loop.run_in_executor(None, writer.finish)
             prepared = await loop.run_in_executor(None, lambda: R.prepare_replica(
                 self.store, writer, attr, origin=origin,
