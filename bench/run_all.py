@@ -136,8 +136,9 @@ def main(argv=None) -> int:
         timings["durability"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nDurability:\n" + durability.report(results["durability"]), flush=True)
         results["mixed"] = mixed.run(os.path.join(args.work, "mixed"),
-                                     big=(512 if args.quick else 1024) << 20,
-                                     small=100 if args.quick else 300, repeats=3)
+                                     big=(256 if args.quick else 1024) << 20,
+                                     small=100 if args.quick else 300,
+                                     repeats=1 if args.quick else 3)
         timings["mixed"] = round(time.monotonic() - started - sum(timings.values()))
         print("\nSmall uploads beside a big one:\n" + mixed.report(results["mixed"]),
               flush=True)
