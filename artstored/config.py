@@ -131,6 +131,11 @@ KEYS: tuple[Key, ...] = (
     Key("replication", "tombstone_days", "float", 30.0,
         "a deleted file's tombstone is forgotten after this many days, and only once every "
         "roster member confirms it holds no copy", minimum=0),
+    Key("s3", "listen", "str", "",
+        "HOST:PORT of the S3-compatible endpoint (path-style requests, Signature Version 4 "
+        "with keys from `artstore account s3-key create`); empty: no S3 endpoint"),
+    Key("s3", "region", "str", "us-east-1",
+        "the region S3 clients sign for (their configured region must name it)"),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "
@@ -303,8 +308,10 @@ def load(path: str | None = None, *, env: dict | None = None,
             raise ConfigError(f"{origin} ({dotted}): {exc}") from None
         sources[dotted] = origin
 
-    try:
-        parse_listen(values["server.listen"])
-    except ValueError as exc:
-        raise ConfigError(f"{sources['server.listen']}: server.listen: {exc}") from None
+    for dotted in ("server.listen", "s3.listen"):
+        try:
+            if values[dotted] or dotted == "server.listen":
+                parse_listen(values[dotted])
+        except ValueError as exc:
+            raise ConfigError(f"{sources[dotted]}: {dotted}: {exc}") from None
     return Config(values, sources)

@@ -25,6 +25,7 @@ from .api.state import Services, watch_resizes
 from .changefeed import ChangeFeed
 from .auth.accounts import AccountStore
 from .auth.keys import KeyRing
+from .auth.s3keys import S3KeyStore
 from .auth.throttle import FailureTally, LoginThrottle, SuccessCache
 from .auth.verifier import SecretVerifier
 from .auth.tokens import TokenService
@@ -84,6 +85,7 @@ def open_services(svc: Services) -> None:
         svc.tokens = TokenService(keyring, issuer, cfg["auth.token_ttl_seconds"])
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
         svc.accounts.ensure_initial_admin(store.data_dir)
+        svc.s3_keys = S3KeyStore(store.env, svc.accounts, store.data_dir)
         svc.throttle = LoginThrottle()
         svc.proven = SuccessCache()
         svc.failure_tally = FailureTally()
@@ -311,6 +313,7 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
     await site.start()
     log.info("artstored %s listening on %s:%d (data %s)", __version__, host, port,
              cfg.data_dir)
+    s3_site = await _start_s3(svc, cfg)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -354,6 +357,8 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener
     sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight")
+    if s3_site is not None:
+        await s3_site.stop()
     await _drain(svc, site, runner, svc.config["server.shutdown_grace_seconds"])
     if svc.cluster is not None:
         # After the drain: uploads in flight still get their copies pushed.
@@ -364,6 +369,22 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         watchdog.cancel()
     log.info("stopped")
     return 0
+
+
+async def _start_s3(svc: Services, cfg: C.Config):
+    """The S3 endpoint on ``s3.listen`` (none when it is empty); its site, to stop."""
+    if not cfg["s3.listen"]:
+        return None
+    from .s3.app import build_app as build_s3_app
+    runner = web.AppRunner(build_s3_app(svc), access_log=None, read_bufsize=READ_BUFSIZE,
+                           auto_decompress=False,
+                           shutdown_timeout=cfg["server.shutdown_grace_seconds"])
+    await runner.setup()
+    host, port = C.parse_listen(cfg["s3.listen"])
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("S3 endpoint listening on %s:%d (region %s)", host, port, cfg["s3.region"])
+    return site
 
 
 async def _drain(svc: Services, site: web.TCPSite, runner: web.AppRunner,

@@ -10,11 +10,13 @@
 # make: the README's commands. iproute2 (ip), nftables (nft): tests/netns.py puts cluster
 # nodes in network namespaces on a bridge and cuts links or drops packets between them.
 # etcd-server, etcd-client (etcd, etcdctl): the tests of the etcd cluster authority start
-# their own three-member etcd cluster on loopback (tests/etcd_lab.py).
+# their own three-member etcd cluster on loopback (tests/etcd_lab.py). rclone, curl: the S3
+# endpoint's tests drive it with rclone (an existing tool, unchanged) and a presigned URL with curl.
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
           swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make
-          iproute2 nftables etcd-server etcd-client)
+          iproute2 nftables etcd-server etcd-client
+          rclone curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

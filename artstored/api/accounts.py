@@ -124,6 +124,32 @@ async def revoke_tokens(request: web.Request) -> web.Response:
     return json_response(public_view(account))
 
 
+@requires(R.ADMIN, R.ADMIN_WRITE)
+async def create_s3_key(request: web.Request) -> web.Response:
+    """A new S3 access key of the account; its secret appears in this answer only."""
+    svc = services(request)
+    record, secret = await blocking(svc.s3_keys.create, request.match_info["client_id"],
+                                    actor_of(request))
+    return json_response({**record, "secret_access_key": secret}, status=201,
+                         headers={"Cache-Control": "no-store"})
+
+
+@requires(R.ADMIN, R.ADMIN_READ)
+async def list_s3_keys(request: web.Request) -> web.Response:
+    svc = services(request)
+    await blocking(svc.accounts.get, request.match_info["client_id"])   # 404 if none
+    keys = await blocking(svc.s3_keys.list, request.match_info["client_id"])
+    return json_response({"items": keys})
+
+
+@requires(R.ADMIN, R.ADMIN_WRITE)
+async def revoke_s3_key(request: web.Request) -> web.Response:
+    svc = services(request)
+    record = await blocking(svc.s3_keys.revoke, request.match_info["access_key_id"],
+                            actor_of(request), client_id=request.match_info["client_id"])
+    return json_response(record)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/accounts", create)
     router.add_get("/api/v1/accounts", list_accounts)
@@ -132,3 +158,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_delete("/api/v1/accounts/{client_id}", delete)
     router.add_post("/api/v1/accounts/{client_id}/rotate-secret", rotate_secret)
     router.add_post("/api/v1/accounts/{client_id}/revoke-tokens", revoke_tokens)
+    router.add_post("/api/v1/accounts/{client_id}/s3-keys", create_s3_key)
+    router.add_get("/api/v1/accounts/{client_id}/s3-keys", list_s3_keys)
+    router.add_delete("/api/v1/accounts/{client_id}/s3-keys/{access_key_id}", revoke_s3_key)

@@ -186,6 +186,13 @@ SCHEMAS = {
     "AccountUpdate": obj(extra=False, status={"enum": ["active", "suspended"]},
                          role={"enum": list(R.ROLES)}, scopes=STRINGS),
     "Grace": obj(grace_seconds=N),
+    "S3Key": obj(("access_key_id", "client_id", "status"), access_key_id=S, client_id=S,
+                 status={"enum": ["active", "revoked"]}, created_at=N, created_by=S,
+                 revoked_at=N, revoked_by=S),
+    "S3KeyWithSecret": {"allOf": [ref("S3Key"), obj(
+        ("secret_access_key",), secret_access_key={
+            "type": "string", "description": "shown once, here only"})]},
+    "S3KeyPage": obj(("items",), items={"type": "array", "items": ref("S3Key")}),
     "Element": obj(("node_id", "mode"), node_id=S, name=S,
                    mode={"enum": ["edit", "rw", "ro", "ar"]}, capacity={"type": "object"},
                    files=I, bytes_stored=I, max_upload_bytes=I),
@@ -481,6 +488,20 @@ def _accounts() -> dict:
             "parameters": [CLIENT_ID],
             "post": op("Revoke every token of the account", tag, write, {"200": account},
                        errors=(404, 409), op_id="revokeTokens")},
+        "/api/v1/accounts/{client_id}/s3-keys": {
+            "parameters": [CLIENT_ID],
+            "post": op("A new S3 access key of the account (its secret shown once)", tag,
+                       write, {"201": ok("The key and its secret", ref("S3KeyWithSecret"))},
+                       errors=(404, 409), op_id="createS3Key"),
+            "get": op("The account's S3 access keys (never a secret)", tag, read,
+                      {"200": ok("Keys", ref("S3KeyPage"))}, errors=(404,),
+                      op_id="listS3Keys")},
+        "/api/v1/accounts/{client_id}/s3-keys/{access_key_id}": {
+            "parameters": [CLIENT_ID, {"name": "access_key_id", "in": "path",
+                                       "required": True, "schema": S}],
+            "delete": op("Revoke an S3 access key for good", tag, write,
+                         {"200": ok("The revoked key", ref("S3Key"))}, errors=(404,),
+                         op_id="revokeS3Key")},
     }
 
 

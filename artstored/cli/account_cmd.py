@@ -1,5 +1,6 @@
 """``artstore account create|list|show|suspend|reactivate|role|rotate-secret|revoke-tokens|
-delete``: service accounts (admin). A new secret is printed once, and only to stdout."""
+delete|s3-key``: service accounts (admin). A new secret is printed once, and only to
+stdout."""
 
 from __future__ import annotations
 
@@ -103,6 +104,25 @@ def cmd_delete(args):
     emit(args, make_client(args).request("DELETE", _path(args.client_id)), _line)
 
 
+def _key_line(k: dict) -> str:
+    return f"{k['access_key_id']}  {k['status']:<8}  {k['client_id']}"
+
+
+def cmd_s3_key(args):
+    client = make_client(args)
+    if args.key_action == "create":
+        emit(args, client.request("POST", _path(args.client_id, "/s3-keys")),
+             lambda k: f"{_key_line(k)}\naws_access_key_id: {k['access_key_id']}\n"
+                       f"aws_secret_access_key: {k['secret_access_key']}\n"
+                       "(shown once: store it now)")
+    elif args.key_action == "list":
+        emit(args, client.request("GET", _path(args.client_id, "/s3-keys")),
+             lambda d: "\n".join(_key_line(k) for k in d["items"]))
+    else:
+        tail = f"/s3-keys/{urllib.parse.quote(args.access_key_id)}"
+        emit(args, client.request("DELETE", _path(args.client_id, tail)), _key_line)
+
+
 def register(sub) -> None:
     p = sub.add_parser("account", help="service accounts (admin)")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -148,3 +168,16 @@ def register(sub) -> None:
                         "system admin secret, and rewrites initial-admin.json if present)")
     a.add_argument("--config", help="config file (with --data-dir: for the data directory)")
     a.set_defaults(func=cmd_rotate)
+
+    a = actions.add_parser("s3-key", help="S3 access keys of an account (create prints the "
+                                          "secret once; list; revoke)")
+    keys = a.add_subparsers(dest="key_action", metavar="KEY_ACTION", required=True)
+    for name, text in (("create", "a new access key and secret (printed once)"),
+                       ("list", "the account's access keys (never a secret)"),
+                       ("revoke", "revoke an access key for good")):
+        k = keys.add_parser(name, help=text)
+        add_remote_options(k)
+        k.add_argument("client_id")
+        if name == "revoke":
+            k.add_argument("access_key_id")
+        k.set_defaults(func=cmd_s3_key)

@@ -15,6 +15,7 @@ Schema v2.0 (what ``encode`` writes)::
     version             1 at creation, +1 per metadata change
     checksum_sha256     hex
     custom_attributes   a JSON object (keys: letters, digits, '_' and '-'; no '.')
+    bucket, object_key  only for a file stored under an S3 name (engine.buckets); fixed
     xxh3_128            hex, for fast fixity checks and replication digests
     origin_node         id of the node that ingested the file
     retention_policy    "permanent" | "temporary"
@@ -52,7 +53,7 @@ MUTABLE_FIELDS = ("description", "custom_attributes")
 FIELD_ORDER = (
     "schema_version", "file_id", "original_filename", "storage_filename", "file_size",
     "content_type", "created_at", "created_by_id", "created_by_username", "description",
-    "version", "checksum_sha256", "custom_attributes", "xxh3_128", "origin_node",
+    "version", "checksum_sha256", "custom_attributes", "bucket", "object_key", "xxh3_128", "origin_node",
     "retention_policy", "expires_at", "updated_at", "updated_by_id", "updated_by_username",
     "signature",
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import attrs as A
-from . import fixity, ids
+from . import buckets, fixity, ids
 from . import lmdb_schema as S
 from .errors import BadRequest
 from .wal import pack, unpack
@@ -82,7 +82,9 @@ def put(txn, env: S.Env, entry: CatalogEntry) -> None:
         st["files"] -= 1
         st["bytes"] -= old.size
         _count(st, old.attr, -1)
+        buckets.unindex(txn, env, old.attr)
     txn.put(key, entry.encode(), db=env.db(S.DB_CATALOG))
+    buckets.index(txn, env, entry.attr)
     exp = _expires_us(entry.attr)
     if exp is not None:
         txn.put(S.expiry_key(exp, key), b"", db=env.db(S.DB_EXPIRY))
@@ -97,6 +99,7 @@ def delete(txn, env: S.Env, entry: CatalogEntry) -> None:
     fixity.drop(txn, env, entry.file_id)
     if txn.delete(key, db=env.db(S.DB_CATALOG)):
         _drop_expiry(txn, env, key, entry.attr)
+        buckets.unindex(txn, env, entry.attr)
         st = _stats(txn, env)
         st["files"] -= 1
         st["bytes"] -= entry.size
@@ -114,6 +117,7 @@ def clear(txn, env: S.Env) -> None:
     """Empty the catalog and the expiry index (before a rebuild)."""
     txn.drop(env.db(S.DB_CATALOG), delete=False)
     txn.drop(env.db(S.DB_EXPIRY), delete=False)
+    buckets.clear(txn, env)
     txn.put(S.META_STATS, pack(_empty_stats()), db=env.db(S.DB_META))
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from . import attrs as A
-from . import catalog, durable, ids
+from . import buckets, catalog, durable, ids
 from . import layout as L
 from . import modes as M
 from . import wal as W
@@ -70,6 +70,8 @@ class UploadRequest:
     retention_policy: str | None = None
     ttl_days: int | None = None
     declared_sha256: str | None = None
+    bucket: str | None = None         # an S3 name (engine.buckets): the bucket must exist
+    object_key: str | None = None
 
 
 class Store:
@@ -258,6 +260,7 @@ class Store:
             "version": 1,
             "checksum_sha256": writer.sha256_hex,
             "custom_attributes": A.validate_custom_attributes(request.custom_attributes),
+            **self._s3_name(request),
             "xxh3_128": writer.xxh3_hex,
             "origin_node": self.node.node_id,
             "retention_policy": policy,
@@ -269,6 +272,27 @@ class Store:
         entry = CatalogEntry(attr=attr, disk=writer.disk.disk_id,
                              rel=L.object_relpath(now, storage_name))
         return PreparedUpload(writer=writer, entry=entry, attr_bytes=data, actor=actor)
+
+    def _s3_name(self, request: UploadRequest) -> dict:
+        """The attr fields of an upload's S3 name; none without one. NotFound
+        ``bucket_not_found``, ValidationError for a bad key."""
+        if request.bucket is None and request.object_key is None:
+            return {}
+        key = buckets.validate_object_key(request.object_key)
+        with self.view.snapshot() as snap:
+            snap.buckets().require_bucket(request.bucket or "")
+        return {"bucket": request.bucket, "object_key": key}
+
+    def create_bucket(self, name: str, actor: W.Actor) -> dict:
+        """See ``buckets.create`` (durable on return; Conflict ``bucket_exists``)."""
+        record = buckets.create(self.env, name, actor)
+        self.notify_committed()
+        return record
+
+    def delete_bucket(self, name: str, actor: W.Actor) -> None:
+        """See ``buckets.delete`` (NotFound, Conflict ``bucket_not_empty``)."""
+        buckets.delete(self.env, name, actor)
+        self.notify_committed()
 
     def commit_upload(self, prepared: PreparedUpload):
         """Hand a prepared upload to the group commit; returns a concurrent Future that

@@ -33,7 +33,7 @@ from typing import Iterator, NamedTuple
 
 import lmdb
 
-from . import catalog, fixity, ids
+from . import buckets, catalog, fixity, ids
 from . import layout as L
 from . import lmdb_schema as S
 from . import modes as M
@@ -87,6 +87,10 @@ class Snapshot:
         return None if db is None else self._txn.cursor(db=db)
 
     # --- the catalog ------------------------------------------------------------------------
+
+    def buckets(self) -> buckets.Reader:
+        """S3 bucket records and the object-key index, as of this snapshot."""
+        return buckets.Reader(self._txn, self._env)
 
     def entry(self, file_id: str) -> CatalogEntry | None:
         """The catalog entry of ``file_id``; None if there is none (or it is no UUID)."""

@@ -53,9 +53,12 @@ PRESERVATION = "preservation"   # a PREMIS event: fixity check, quarantine, vali
 FILE_RELEASE = "file.release"      # this node's copy dropped: the file lives on elsewhere
 CLUSTER_ROSTER = "cluster.roster"  # the admin put a node on the roster or took it off
 CLUSTER_MODE = "cluster.mode"      # the admin set an element's mode; or the element refused it
+BUCKET_CREATE = "bucket.create"    # an S3 bucket was made (engine.buckets)
+BUCKET_DELETE = "bucket.delete"    # an empty S3 bucket was removed
 KINDS = (FILE_CREATE, FILE_UPDATE, FILE_DELETE, ELEMENT_MODE, ACCOUNT_CREATE,
          ACCOUNT_UPDATE, AUTH_FAILURE, AUTH_LOCKOUT, AUTH_FAILURES, KEYS_ROTATE,
-         CATALOG_REBUILD, PRESERVATION, CLUSTER_ROSTER, CLUSTER_MODE, FILE_RELEASE)
+         CATALOG_REBUILD, PRESERVATION, CLUSTER_ROSTER, CLUSTER_MODE, FILE_RELEASE,
+         BUCKET_CREATE, BUCKET_DELETE)
 
 GENESIS = b"\x00" * 32
 HASH_BYTES = 32
