@@ -31,6 +31,7 @@ from .auth.verifier import SecretVerifier
 from .auth.tokens import TokenService
 from .engine import attrs as A
 from .engine import retention
+from .engine.multipart import MultipartUploads
 from .engine.rebuild import rebuild_catalog
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
@@ -86,6 +87,7 @@ def open_services(svc: Services) -> None:
         svc.accounts = AccountStore(store.env, secret_ttl_days=cfg["auth.secret_ttl_days"])
         svc.accounts.ensure_initial_admin(store.data_dir)
         svc.s3_keys = S3KeyStore(store.env, svc.accounts, store.data_dir)
+        svc.multipart = MultipartUploads(store)
         svc.throttle = LoginThrottle()
         svc.proven = SuccessCache()
         svc.failure_tally = FailureTally()
@@ -255,12 +257,18 @@ async def _failure_audit_loop(svc: Services) -> None:
 
 async def _upkeep_loop(svc: Services) -> None:
     """Store upkeep that must not wait for an operator: stale LMDB reader slots (a mount
-    killed inside a read) are cleared within ``UPKEEP_INTERVAL_SECONDS``."""
+    killed inside a read) are cleared, and multipart uploads abandoned for longer than
+    ``s3.multipart_expiry_days`` aborted, within ``UPKEEP_INTERVAL_SECONDS``."""
     while True:
         await asyncio.sleep(UPKEEP_INTERVAL_SECONDS)
         try:
             await asyncio.get_running_loop().run_in_executor(None, start_scheduled_scrub, svc)
             done = await asyncio.get_running_loop().run_in_executor(None, svc.store.maintain)
+            expired = await asyncio.get_running_loop().run_in_executor(
+                None, svc.multipart.expire, svc.config["s3.multipart_expiry_days"] * 86400)
+            if expired:
+                log.info("aborted %d multipart uploads left unfinished for more than "
+                         "%g days", expired, svc.config["s3.multipart_expiry_days"])
             if done["stale_readers_cleared"]:
                 log.warning("cleared %d stale LMDB reader slots (a reader process died "
                             "inside a transaction)", done["stale_readers_cleared"])

@@ -80,7 +80,11 @@ def artstore_1() -> str:
         nested = list(_subcommands(sub))
         if nested:
             for action, action_help, action_parser in nested:
-                items += command_item(f"{name} {action}", action_help, action_parser)
+                deeper = list(_subcommands(action_parser))
+                for leaf, leaf_help, leaf_parser in deeper:   # account s3-key create
+                    items += command_item(f"{name} {action} {leaf}", leaf_help, leaf_parser)
+                if not deeper:
+                    items += command_item(f"{name} {action}", action_help, action_parser)
         else:
             items += command_item(name, help_text, sub)
     body = "\n".join(items)

@@ -23,6 +23,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from . import attrs as A
 from . import ids
 from . import lmdb_schema as S
 from . import wal as W
@@ -100,6 +101,16 @@ def unindex(txn, env: S.Env, attr: dict) -> None:
     if keyed(attr):
         txn.delete(_entry_key(attr["bucket"], attr["object_key"], attr["file_id"]),
                    db=env.db(S.DB_OBJECT_KEYS))
+
+
+def ensure(txn, env: S.Env, attr: dict) -> None:
+    """Inside ``txn``: the record of the bucket ``attr`` names, made if it is missing (a
+    rebuild from the sidecars into an empty store brings buckets back with their files)."""
+    if keyed(attr) and txn.get(attr["bucket"].encode(), db=env.db(S.DB_BUCKETS)) is None:
+        txn.put(attr["bucket"].encode(), W.pack(
+            {"name": attr["bucket"], "created_at": A.parse_time(attr["created_at"])
+             .timestamp(), "created_by": attr.get("created_by_id") or "rebuild"}),
+            db=env.db(S.DB_BUCKETS))
 
 
 def clear(txn, env: S.Env) -> None:

@@ -56,9 +56,10 @@ DB_PEERS = b"peers"             # peer node id → how far this node has followe
 DB_BUCKETS = b"buckets"         # bucket name → {name, created_at, created_by} (engine.buckets)
 DB_OBJECT_KEYS = b"objkeys"     # bucket NUL key NUL file id → b"": S3 names (engine.buckets)
 DB_S3_KEYS = b"s3keys"          # access key id → its account and sealed secret (auth.s3keys)
+DB_UPLOADS = b"uploads"         # multipart upload id → its key and parts (engine.multipart)
 ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED,
            DB_JOBS, DB_FIXITY, DB_FIXITY_ORDER, DB_TOMBSTONES, DB_PEERS, DB_BUCKETS,
-           DB_OBJECT_KEYS, DB_S3_KEYS)
+           DB_OBJECT_KEYS, DB_S3_KEYS, DB_UPLOADS)
 
 META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}

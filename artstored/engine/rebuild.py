@@ -25,7 +25,7 @@ import logging
 import os
 
 from . import attrs as A
-from . import catalog, ids
+from . import buckets, catalog, ids
 from . import layout as L
 from . import lmdb_schema as S
 from . import wal as W
@@ -95,6 +95,8 @@ def _refresh(store, pending, seen: set, report: dict, progress) -> None:
             if current is None or current.attr.get("version", 0) <= entry.attr["version"] \
                     or current.rel != entry.rel:
                 catalog.put(txn, env, entry)
+            # A bucket named by a sidecar comes back with it (the store may be new).
+            buckets.ensure(txn, env, entry.attr)
             seen.add(key)
             report["files"] += 1
             report["bytes"] += entry.size

@@ -304,8 +304,13 @@ class Store:
                          actor: W.Actor) -> PreparedUpload:
         """A PreparedUpload for content already in memory: no disk I/O here (the group commit
         writes it with its batch), so an event loop may call it directly. Raises what
-        ``begin_upload`` and ``prepare_upload`` raise."""
-        return self.prepare_upload(self.buffer(chunks), request, actor)
+        ``begin_upload`` and ``prepare_upload`` raise; then nothing stays claimed."""
+        buffered = self.buffer(chunks)
+        try:
+            return self.prepare_upload(buffered, request, actor)
+        except BaseException:
+            buffered.abort()   # its size was claimed on the disk
+            raise
 
     def buffer(self, chunks) -> BufferedUpload:
         """An upload of bytes already in memory, on the disk with the most room: hashed

@@ -36,7 +36,11 @@ def _b64(value: str, size: int, name: str) -> bytes:
 
 
 class Body:
-    def __init__(self, request, signed: sigv4.SignedRequest, max_bytes: int):
+    def __init__(self, request, signed: sigv4.SignedRequest, max_bytes: int, *,
+                 hash_here: bool = False):
+        """``hash_here``: compute the SHA-256 that ``x-amz-content-sha256`` names here;
+        otherwise the caller passes it to ``verify`` (the engine's upload writer computes it
+        anyway, in a worker thread: no second hash of every byte on the event loop)."""
         self.request = request
         self.signed = signed
         self.max_bytes = max_bytes
@@ -53,7 +57,8 @@ class Body:
         wanted = set(self.declared) | ({trailer} if trailer else set())
         self.crc32 = 0 if "x-amz-checksum-crc32" in wanted else None
         self.sha1 = hashlib.sha1() if "x-amz-checksum-sha1" in wanted else None
-        self.content_sha256 = hashlib.sha256() if len(signed.payload) == 64 else None
+        self.content_sha256 = hashlib.sha256() \
+            if hash_here and len(signed.payload) == 64 else None
         self.chunked = signed.payload in sigv4.STREAMING
         self.size = 0
         self.trailers: dict[str, str] = {}
@@ -168,13 +173,15 @@ class Body:
                               "match", 403)
         self.declared.update((k, v) for k, v in self.trailers.items() if k in _CHECKSUMS)
 
-    def verify(self) -> None:
-        """Raise S3Error unless the body is what the client signed and declared."""
+    def verify(self, sha256_hex: str | None = None) -> None:
+        """Raise S3Error unless the body is what the client signed and declared.
+        ``sha256_hex``: the body's SHA-256 (required unless made with ``hash_here``)."""
         if self.size != self.expected_size:
             raise S3Error("IncompleteBody", f"the body has {self.size} bytes; "
                           f"{self.expected_size} were announced")
-        if self.content_sha256 is not None and \
-                self.content_sha256.hexdigest() != self.signed.payload:
+        if self.content_sha256 is not None:
+            sha256_hex = self.content_sha256.hexdigest()
+        if len(self.signed.payload) == 64 and sha256_hex != self.signed.payload:
             raise S3Error("XAmzContentSHA256Mismatch", "the provided "
                           "x-amz-content-sha256 does not match what was computed")
         if self.md5 is not None and self.md5.digest() != self.md5_expected:

@@ -1,12 +1,201 @@
-"""Multipart upload (not yet): every call is NotImplemented, listed as such."""
+"""Multipart upload: Create, UploadPart, Complete, Abort, ListParts, ListMultipartUploads.
+
+Parts are stored durably as they arrive (``engine.multipart``): a client whose connection
+dropped mid-part lists the parts (ListParts) and sends again only what is missing. A part's
+ETag is its SHA-256 in quotes; the completed object is one ArtStore file with the SHA-256 of
+the whole as its ETag. Uploads left unfinished are aborted after ``s3.multipart_expiry_days``.
+"""
 
 from __future__ import annotations
 
-from .app import not_implemented
+import xml.etree.ElementTree as ET
+
+from aiohttp import web
+
+from ..api.state import SERVICES, blocking
+from ..auth import roles as R
+from ..engine import modes as M
+from ..streaming import stream_to_writer
+from .app import caller, not_implemented, target
+from .body import Body
+from .objects import etag, user_metadata
+from .xml import S3Error, element, fields, iso_time, response
+
+MAX_LISTED = 1000
 
 
 def route(method: str, query: dict):
-    return not_implemented("multipart upload")
+    if method == "POST" and "uploads" in query:
+        return create
+    if "uploadId" in query:
+        if method == "PUT":
+            return upload_part
+        if method == "POST":
+            return complete
+        if method == "DELETE":
+            return abort
+        if method == "GET":
+            return list_parts
+    return not_implemented(f"{method} with ?uploads/?uploadId")
 
 
-list_uploads = not_implemented("ListMultipartUploads")
+def _uploads(request):
+    return request.app[SERVICES].multipart
+
+
+def _upload_of(request) -> dict:
+    """The upload named by ?uploadId, which must be of this bucket and key."""
+    where = target(request)
+    try:
+        record = _uploads(request).get(where.query["uploadId"])
+    except Exception:
+        record = None
+    if record is None or (record["bucket"], record["key"]) != (where.bucket, where.key):
+        raise S3Error("NoSuchUpload", "the specified multipart upload does not exist", 404,
+                      UploadId=where.query.get("uploadId"))
+    return record
+
+
+async def create(request: web.Request) -> web.Response:
+    who = caller(request)
+    who.need(R.FILES_WRITE)
+    where = target(request)
+    await request.read()
+    upload_id = await blocking(_uploads(request).create, where.bucket, where.key, who.actor,
+                               content_type=request.headers.get("Content-Type"),
+                               custom_attributes=user_metadata(request.headers))
+    root = element("InitiateMultipartUploadResult")
+    fields(root, Bucket=where.bucket, Key=where.key, UploadId=upload_id)
+    return response(root)
+
+
+async def upload_part(request: web.Request) -> web.Response:
+    who = caller(request)
+    who.need(R.FILES_WRITE)
+    if "x-amz-copy-source" in request.headers:
+        raise S3Error("NotImplemented", "UploadPartCopy is not implemented by ArtStore", 501)
+    store = request.app[SERVICES].store
+    store.require(M.UPLOAD)
+    where = target(request)
+    raw = where.query.get("partNumber", "")
+    if not raw.isdigit():
+        raise S3Error("InvalidArgument", "partNumber must be 1-10000")
+    _upload_of(request)
+    body = Body(request, who.signed, store.config.max_upload_bytes)
+    writer = await blocking(_uploads(request).part_writer, where.query["uploadId"], int(raw))
+    try:
+        await stream_to_writer(body.pieces(), writer)
+        body.verify(writer.sha256_hex)
+        declared = body.declared_sha256()
+        if declared is not None and declared != writer.sha256_hex:
+            raise S3Error("BadDigest", "the SHA256 you specified did not match the "
+                          "calculated checksum")
+        part = await blocking(writer.commit)
+    except BaseException:
+        writer.abort()
+        raise
+    return web.Response(status=200, headers={"ETag": f'"{part["sha256"]}"'})
+
+
+def _parse_completion(raw: bytes) -> list[tuple[int, str | None]]:
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError:
+        raise S3Error("MalformedXML", "the XML you provided was not well-formed") from None
+    ns = root.tag[:root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    parts = []
+    for node in root.findall(f"{ns}Part"):
+        number = (node.findtext(f"{ns}PartNumber") or "").strip()
+        tag = (node.findtext(f"{ns}ETag") or "").strip().strip('"').lower() or None
+        if not number.isdigit():
+            raise S3Error("MalformedXML", "each Part needs a PartNumber")
+        parts.append((int(number), tag))
+    if not parts:
+        raise S3Error("MalformedXML", "name at least one Part")
+    return parts
+
+
+async def complete(request: web.Request) -> web.Response:
+    who = caller(request)
+    who.need(R.FILES_WRITE)
+    where = target(request)
+    _upload_of(request)
+    body = Body(request, who.signed, 4 << 20, hash_here=True)
+    raw = b"".join([bytes(p) async for p in body.pieces()])
+    body.verify()
+    attr = await blocking(_uploads(request).complete, where.query["uploadId"],
+                          _parse_completion(raw))
+    root = element("CompleteMultipartUploadResult")
+    fields(root, Location=f"/{where.bucket}/{where.key}", Bucket=where.bucket, Key=where.key,
+           ETag=etag(attr))
+    return response(root, headers={"x-amz-version-id": attr["file_id"]})
+
+
+async def abort(request: web.Request) -> web.Response:
+    caller(request).need(R.FILES_WRITE)
+    _upload_of(request)
+    await blocking(_uploads(request).abort, target(request).query["uploadId"])
+    return web.Response(status=204)
+
+
+def _limit(query: dict, name: str) -> int:
+    raw = query.get(name, str(MAX_LISTED))
+    if not raw.isdigit():
+        raise S3Error("InvalidArgument", f"{name} must be a non-negative integer")
+    return min(int(raw), MAX_LISTED)
+
+
+async def list_parts(request: web.Request) -> web.Response:
+    who = caller(request)
+    who.need(R.FILES_WRITE)
+    record = _upload_of(request)
+    query = target(request).query
+    limit = _limit(query, "max-parts")
+    marker = int(query.get("part-number-marker") or 0) \
+        if (query.get("part-number-marker") or "0").isdigit() else 0
+    parts = sorted((p for p in record["parts"].values() if p["number"] > marker),
+                   key=lambda p: p["number"])
+    page, truncated = parts[:limit], len(parts) > limit
+    root = element("ListPartsResult")
+    fields(root, Bucket=record["bucket"], Key=record["key"], UploadId=record["upload_id"],
+           PartNumberMarker=marker, MaxParts=limit, IsTruncated=str(truncated).lower())
+    if truncated:
+        fields(root, NextPartNumberMarker=page[-1]["number"])
+    fields(element("Initiator", root), ID=record["actor"]["id"],
+           DisplayName=record["actor"]["name"])
+    fields(root, StorageClass="STANDARD")
+    for part in page:
+        fields(element("Part", root), PartNumber=part["number"],
+               LastModified=iso_time(part["at"]), ETag=f'"{part["sha256"]}"',
+               Size=part["size"])
+    return response(root)
+
+
+async def list_uploads(request: web.Request) -> web.Response:
+    caller(request).need(R.FILES_WRITE)
+    where = target(request)
+    query = where.query
+
+    def read():
+        with request.app[SERVICES].store.view.snapshot() as snap:
+            snap.buckets().require_bucket(where.bucket)
+        return _uploads(request).list(where.bucket)
+    records = await blocking(read)
+    prefix = query.get("prefix", "")
+    after = query.get("key-marker", "")
+    records = [r for r in records if r["key"].startswith(prefix)
+               and r["key"].encode() > after.encode()]
+    limit = _limit(query, "max-uploads")
+    page, truncated = records[:limit], len(records) > limit
+    root = element("ListMultipartUploadsResult")
+    fields(root, Bucket=where.bucket, KeyMarker=after, UploadIdMarker="", Prefix=prefix,
+           MaxUploads=limit, IsTruncated=str(truncated).lower())
+    if truncated:
+        fields(root, NextKeyMarker=page[-1]["key"], NextUploadIdMarker=page[-1]["upload_id"])
+    for record in page:
+        node = element("Upload", root)
+        fields(node, Key=record["key"], UploadId=record["upload_id"])
+        fields(element("Initiator", node), ID=record["actor"]["id"],
+               DisplayName=record["actor"]["name"])
+        fields(node, StorageClass="STANDARD", Initiated=iso_time(record["initiated"]))
+    return response(root)

@@ -96,13 +96,14 @@ async def store_body(request: web.Request, body: Body, make_request) -> dict:
     try:
         if body.expected_size <= SMALL_BYTES:
             pieces = [bytes(p) async for p in body.pieces()]
-            body.verify()
             prepared = store.prepare_buffered(pieces, make_request(), caller(request).actor)
+            writer = prepared.writer     # aborted below if the body fails its checks
+            body.verify(prepared.entry.attr["checksum_sha256"])
         else:
             writer = await blocking(store.begin_upload, body.expected_size)
             await stream_to_writer(body.pieces(), writer)
-            body.verify()
             await blocking(writer.finish)
+            body.verify(writer.sha256_hex)
             prepared = await blocking(store.prepare_upload, writer, make_request(),
                                       caller(request).actor)
     except BaseException:
@@ -302,7 +303,7 @@ async def delete_objects(request: web.Request) -> web.Response:
     who = caller(request)
     who.need(R.FILES_WRITE)
     store = _store(request)
-    body = Body(request, who.signed, 2 << 20)
+    body = Body(request, who.signed, 2 << 20, hash_here=True)
     raw = b"".join([bytes(p) async for p in body.pieces()])
     body.verify()
     try:

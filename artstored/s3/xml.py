@@ -46,6 +46,12 @@ _BY_CODE = {
     "busy": ("SlowDown", 503),
     "disk_offline": ("ServiceUnavailable", 503),
     "quarantined": ("ServiceUnavailable", 503),
+    "upload_not_found": ("NoSuchUpload", 404),
+    "invalid_part": ("InvalidPart", 400),
+    "part_too_small": ("EntityTooSmall", 400),
+    "invalid_part_order": ("InvalidPartOrder", 400),
+    "invalid_part_number": ("InvalidArgument", 400),
+    "malformed_parts": ("MalformedXML", 400),
 }
 _BY_STATUS = {400: "InvalidArgument", 401: "AccessDenied", 403: "AccessDenied",
               404: "NoSuchKey", 409: "OperationAborted", 412: "PreconditionFailed",

@@ -1,0 +1,245 @@
+"""Multipart uploads: parts stored durably as they arrive, one file made of them at the end.
+
+An upload is a record in the ``uploads`` database (upload id → bucket, key, who, when, the
+content type and metadata to give the file, and its parts) and a directory
+``<data_dir>/multipart/<upload id>/`` holding one file per part. A part is durable when
+``PartWriter.commit`` returns: its bytes are flushed (fdatasync), it is renamed into place
+(the directory flushed) and then recorded; a part sent again replaces the earlier one. So a
+client whose connection dropped (or a daemon that restarted) lists the parts and sends only
+the missing ones.
+
+``complete`` builds one ordinary ArtStore file from the named parts through the normal upload
+path (hashed again, SHA-256 of the whole, committed by the group commit) and then forgets the
+upload; ``abort`` forgets it at once; ``expire`` forgets the ones left unfinished longer than
+a configured time. Nothing here touches the catalog until ``complete``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import threading
+import time
+
+from . import buckets, durable
+from . import lmdb_schema as S
+from . import modes as M
+from . import wal as W
+from .errors import ArtStoreError, NotFound, ValidationError
+
+MAX_PARTS = 10_000
+MIN_PART_BYTES = 5 << 20          # S3's rule for every part but the last
+DIRECTORY = "multipart"
+
+
+class InvalidPart(ArtStoreError):
+    """A part named in a completion is missing or is not the one that was stored."""
+    code = "invalid_part"
+    status = 400
+    title = "Invalid part"
+
+
+class PartTooSmall(ArtStoreError):
+    code = "part_too_small"
+    status = 400
+    title = "Part too small"
+
+
+def _no_upload(upload_id: str) -> NotFound:
+    return NotFound(f"no multipart upload {upload_id[:80]!r}", code="upload_not_found")
+
+
+class PartWriter:
+    """Receives one part (from one thread at a time); ``commit`` makes it durable and
+    recorded, ``abort`` removes what was written. Raises OSError for I/O failures."""
+
+    def __init__(self, uploads: "MultipartUploads", upload_id: str, number: int):
+        self.uploads, self.upload_id, self.number = uploads, upload_id, number
+        self.dir = uploads.path_of(upload_id)
+        self.tmp = os.path.join(self.dir, f"{number:05d}.{secrets.token_hex(4)}.tmp")
+        self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           0o600)
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    @property
+    def sha256_hex(self) -> str:
+        """The SHA-256 of what was written so far."""
+        return self._sha256.hexdigest()
+
+    def write_many(self, chunks) -> None:
+        for chunk in chunks:
+            self._sha256.update(chunk)
+        durable.writev_all(self._fd, chunks)
+        self.size += sum(len(c) for c in chunks)
+
+    def commit(self) -> dict:
+        """Flush, put in place, record; returns the part's record {number, size, sha256,
+        at}. NotFound ``upload_not_found`` if the upload was completed or aborted meanwhile
+        (nothing is kept then)."""
+        try:
+            os.fdatasync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        final = os.path.join(self.dir, f"{self.number:05d}.part")
+        part = {"number": self.number, "size": self.size,
+                "sha256": self._sha256.hexdigest(), "at": time.time()}
+        with self.uploads.lock:
+            record = self.uploads.get(self.upload_id)   # still there?
+            os.rename(self.tmp, final)
+            durable.fsync_dir(self.dir)
+            record["parts"][str(self.number)] = part
+            self.uploads._put(self.upload_id, record)
+        return part
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+
+class MultipartUploads:
+    """Thread-safe. Every method that changes something is durable when it returns."""
+
+    def __init__(self, store):
+        self.store = store
+        self.env = store.env
+        self.root = os.path.join(store.data_dir, DIRECTORY)
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        # Serialises record updates of parts (read-modify-write of one record).
+        self.lock = threading.Lock()
+
+    def path_of(self, upload_id: str) -> str:
+        return os.path.join(self.root, upload_id)
+
+    def _db(self):
+        return self.env.db(S.DB_UPLOADS)
+
+    def _put(self, upload_id: str, record: dict) -> None:
+        with self.env.write() as txn:
+            txn.put(upload_id.encode(), W.pack(record), db=self._db())
+
+    def get(self, upload_id: str) -> dict:
+        if not isinstance(upload_id, str) or not upload_id.isalnum() or len(upload_id) > 64:
+            raise _no_upload(str(upload_id))
+        with self.env.read() as txn:
+            raw = txn.get(upload_id.encode(), db=self._db())
+        if raw is None:
+            raise _no_upload(upload_id)
+        return W.unpack(raw)
+
+    def create(self, bucket: str, key: str, actor: W.Actor, *, content_type: str | None,
+               custom_attributes: dict) -> str:
+        """A new upload id for ``key`` in ``bucket``. ModeNotAllowed, NotFound
+        ``bucket_not_found``, ValidationError for a bad key."""
+        self.store.require(M.UPLOAD)
+        buckets.validate_object_key(key)
+        with self.store.view.snapshot() as snap:
+            snap.buckets().require_bucket(bucket)
+        upload_id = secrets.token_hex(16)
+        os.makedirs(self.path_of(upload_id), mode=0o700)
+        durable.fsync_dir(self.root)
+        self._put(upload_id, {"upload_id": upload_id, "bucket": bucket, "key": key,
+                              "initiated": time.time(),
+                              "actor": {"id": actor.id, "name": actor.name,
+                                        "role": actor.role},
+                              "content_type": content_type,
+                              "custom_attributes": custom_attributes, "parts": {}})
+        return upload_id
+
+    def part_writer(self, upload_id: str, number: int) -> PartWriter:
+        """A writer for part ``number`` (1-10,000) of an existing upload."""
+        if not isinstance(number, int) or not 1 <= number <= MAX_PARTS:
+            raise ValidationError(f"part numbers are 1-{MAX_PARTS}", code="invalid_part_number")
+        self.store.require(M.UPLOAD)
+        self.get(upload_id)
+        return PartWriter(self, upload_id, number)
+
+    def list(self, bucket: str | None = None) -> list[dict]:
+        with self.env.read() as txn:
+            records = [W.unpack(v) for _, v in txn.cursor(db=self._db())]
+        return sorted((r for r in records if bucket is None or r["bucket"] == bucket),
+                      key=lambda r: (r["key"].encode(), r["initiated"]))
+
+    def abort(self, upload_id: str) -> None:
+        """Forget the upload and remove its parts. NotFound if there is none."""
+        self.get(upload_id)
+        with self.lock:
+            with self.env.write() as txn:
+                txn.delete(upload_id.encode(), db=self._db())
+        shutil.rmtree(self.path_of(upload_id), ignore_errors=True)
+
+    def complete(self, upload_id: str, parts: list[tuple[int, str | None]]) -> dict:
+        """Make one file of the named parts (ascending part numbers; each ``sha256`` as
+        the part's answer gave it, or None to skip that check) and return its attr once it
+        is durable; the upload is then gone. InvalidPart, PartTooSmall, ValidationError;
+        and what an upload raises (ModeNotAllowed, StorageFull, ...), the upload kept."""
+        from .store import UploadRequest
+        record = self.get(upload_id)
+        if not parts:
+            raise ValidationError("name at least one part", code="malformed_parts")
+        numbers = [n for n, _ in parts]
+        if numbers != sorted(set(numbers)):
+            raise ValidationError("parts must be listed in ascending order, each once",
+                                  code="invalid_part_order")
+        chosen = []
+        for i, (number, sha256) in enumerate(parts):
+            part = record["parts"].get(str(number))
+            if part is None or (sha256 is not None and sha256 != part["sha256"]):
+                raise InvalidPart(f"part {number} was not uploaded, or not with that ETag")
+            if i < len(parts) - 1 and part["size"] < MIN_PART_BYTES:
+                raise PartTooSmall(f"part {number} has {part['size']} bytes; every part but "
+                                   f"the last needs at least {MIN_PART_BYTES}")
+            chosen.append(part)
+        total = sum(p["size"] for p in chosen)
+        writer = self.store.begin_upload(total)
+        try:
+            for part in chosen:
+                path = os.path.join(self.path_of(upload_id), f"{part['number']:05d}.part")
+                with open(path, "rb") as f:
+                    while chunk := f.read(4 << 20):
+                        writer.write(chunk)
+            writer.finish()
+            actor = W.Actor(**record["actor"])
+            prepared = self.store.prepare_upload(writer, UploadRequest(
+                original_filename=record["key"].rstrip("/").rsplit("/", 1)[-1]
+                or record["key"], content_type=record.get("content_type"),
+                custom_attributes=record.get("custom_attributes"),
+                bucket=record["bucket"], object_key=record["key"]), actor)
+        except BaseException:
+            writer.abort()
+            raise
+        attr = self.store.commit_upload(prepared).result()
+        self.abort(upload_id)
+        return attr
+
+    def expire(self, older_than_seconds: float, now: float | None = None) -> int:
+        """Abort every upload initiated more than ``older_than_seconds`` ago; how many."""
+        now = time.time() if now is None else now
+        gone = 0
+        for record in self.list():
+            if now - record["initiated"] > older_than_seconds:
+                try:
+                    self.abort(record["upload_id"])
+                    gone += 1
+                except NotFound:
+                    pass
+        # Directories whose record is gone (a crash between the two steps of abort, or of
+        # create), once they are old enough not to be a create under way.
+        for name in os.listdir(self.root):
+            try:
+                self.get(name)
+            except NotFound:
+                try:
+                    if now - os.stat(self.path_of(name)).st_mtime > 3600:
+                        shutil.rmtree(self.path_of(name), ignore_errors=True)
+                except FileNotFoundError:
+                    pass
+        return gone
