@@ -136,9 +136,9 @@ KEYS: tuple[Key, ...] = (
         "with keys from `artstore account s3-key create`); empty: no S3 endpoint"),
     Key("s3", "region", "str", "us-east-1",
         "the region S3 clients sign for (their configured region must name it)"),
-    Key("s3", "multipart_expiry_days", "float", 7.0,
-        "a multipart upload left unfinished this long is aborted and its parts removed",
-        minimum=0.001),
+    Key("uploads", "abandoned_days", "float", 7.0,
+        "an S3 multipart upload or a native upload session untouched this long is aborted "
+        "and its bytes removed", minimum=0.001),
     Key("log", "level", "choice", "info", "log level",
         choices=("debug", "info", "warning", "error")),
     Key("log", "file", "str", "", "append JSON log lines to this file instead of stderr "

@@ -32,6 +32,7 @@ from .auth.tokens import TokenService
 from .engine import attrs as A
 from .engine import retention
 from .engine.multipart import MultipartUploads
+from .engine.sessions import UploadSessions
 from .engine.rebuild import rebuild_catalog
 from .engine.errors import ArtStoreError
 from .engine.store import Store, StoreConfig
@@ -88,6 +89,7 @@ def open_services(svc: Services) -> None:
         svc.accounts.ensure_initial_admin(store.data_dir)
         svc.s3_keys = S3KeyStore(store.env, svc.accounts, store.data_dir)
         svc.multipart = MultipartUploads(store)
+        svc.sessions = UploadSessions(store)
         svc.throttle = LoginThrottle()
         svc.proven = SuccessCache()
         svc.failure_tally = FailureTally()
@@ -257,18 +259,20 @@ async def _failure_audit_loop(svc: Services) -> None:
 
 async def _upkeep_loop(svc: Services) -> None:
     """Store upkeep that must not wait for an operator: stale LMDB reader slots (a mount
-    killed inside a read) are cleared, and multipart uploads abandoned for longer than
-    ``s3.multipart_expiry_days`` aborted, within ``UPKEEP_INTERVAL_SECONDS``."""
+    killed inside a read) are cleared, and multipart uploads and upload sessions untouched
+    for ``uploads.abandoned_days`` aborted, within ``UPKEEP_INTERVAL_SECONDS``."""
     while True:
         await asyncio.sleep(UPKEEP_INTERVAL_SECONDS)
         try:
             await asyncio.get_running_loop().run_in_executor(None, start_scheduled_scrub, svc)
             done = await asyncio.get_running_loop().run_in_executor(None, svc.store.maintain)
-            expired = await asyncio.get_running_loop().run_in_executor(
-                None, svc.multipart.expire, svc.config["s3.multipart_expiry_days"] * 86400)
-            if expired:
-                log.info("aborted %d multipart uploads left unfinished for more than "
-                         "%g days", expired, svc.config["s3.multipart_expiry_days"])
+            idle = svc.config["uploads.abandoned_days"] * 86400
+            for unfinished in (svc.multipart, svc.sessions):
+                expired = await asyncio.get_running_loop().run_in_executor(
+                    None, unfinished.expire, idle)
+                if expired:
+                    log.info("aborted %d %s untouched for more than %g days", expired,
+                             type(unfinished).__name__, idle / 86400)
             if done["stale_readers_cleared"]:
                 log.warning("cleared %d stale LMDB reader slots (a reader process died "
                             "inside a transaction)", done["stale_readers_cleared"])

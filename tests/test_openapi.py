@@ -134,6 +134,7 @@ def test_request_bodies_have_the_media_types_the_handlers_read():
                  "/cluster/v1/have", "/cluster/v1/digest", "/cluster/v1/bundle"):
         assert media.pop(("POST", path)) == "application/msgpack"
     assert media.pop(("PUT", "/cluster/v1/objects/{file_id}")) == "application/octet-stream"
+    assert media.pop(("PUT", "/api/v1/uploads/{upload_id}")) == "application/octet-stream"
     assert set(media.values()) == {"application/json"}
     upload = resolve(docs[("POST", "/api/v1/files")][0]["requestBody"]["content"]
                      ["multipart/form-data"]["schema"]["$ref"])

@@ -230,7 +230,7 @@ async def auth_middleware(request: web.Request, handler):
 
 def build_app(svc: Services) -> web.Application:
     from . import (accounts, audit_routes, auth_routes, changes, cluster_routes, element, files,
-                   health, jobs, openapi, search)
+                   health, jobs, openapi, search, sessions)
 
     app = web.Application(
         middlewares=[request_id_middleware, problem_middleware, content_encoding_middleware,
@@ -239,7 +239,7 @@ def build_app(svc: Services) -> web.Application:
     )
     app[SERVICES] = svc
     svc.malformed = MALFORMED
-    for module in (health, auth_routes, files, element, jobs, accounts, search, audit_routes,
-                   changes, cluster_routes, openapi):
+    for module in (health, auth_routes, files, sessions, element, jobs, accounts, search,
+                   audit_routes, changes, cluster_routes, openapi):
         module.add_routes(app.router)
     return app

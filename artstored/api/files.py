@@ -48,12 +48,24 @@ async def upload(request: web.Request) -> web.Response:
     svc = services(request)
     if svc.stopping:
         raise NotReady("the daemon is shutting down; retry on another node or later")
-    ack = request.query.get("ack")
-    if ack is not None and ack not in ACKS:
-        raise BadRequest("ack must be local, quorum or all", code="invalid_ack")
+    ack = parse_ack(request)
     prepared = await receive_upload(request, svc.store, actor_of(request),
                                     svc.config["server.client_max_fields_bytes"])
     attr = await asyncio.wrap_future(svc.store.commit_upload(prepared))
+    return await answer_stored(svc, attr, prepared.seq, ack)
+
+
+def parse_ack(request: web.Request) -> str | None:
+    ack = request.query.get("ack")
+    if ack is not None and ack not in ACKS:
+        raise BadRequest("ack must be local, quorum or all", code="invalid_ack")
+    return ack
+
+
+async def answer_stored(svc, attr: dict, seq: int, ack: str | None) -> web.Response:
+    """The 201 for a file just committed here, once ``ack`` (or the configured one) is met
+    in a cluster: the record, and which nodes hold it. QuorumNotReached (503) otherwise;
+    the file stays stored here either way."""
     location = f"/api/v1/files/{attr['file_id']}"
     body = attr
     if svc.cluster is not None:
@@ -64,7 +76,7 @@ async def upload(request: web.Request) -> web.Response:
                 f"stored durably here; this node is not on the cluster's roster, so "
                 f"ack={ack} cannot be met yet", file_id=attr["file_id"],
                 holders=[svc.cluster.id])
-        holders = await svc.cluster.replicator.replicate_upload(attr, prepared.seq, ack) \
+        holders = await svc.cluster.replicator.replicate_upload(attr, seq, ack) \
             if svc.cluster.membership is not None else [svc.cluster.id]
         body = {**attr, "replicas": holders}
     return json_response(body, status=201,

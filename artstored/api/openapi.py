@@ -186,6 +186,12 @@ SCHEMAS = {
     "AccountUpdate": obj(extra=False, status={"enum": ["active", "suspended"]},
                          role={"enum": list(R.ROLES)}, scopes=STRINGS),
     "Grace": obj(grace_seconds=N),
+    "UploadSession": obj(("upload_id", "size", "received"), upload_id=S, size=I, received=I,
+                         original_filename=S, created_at=N, updated_at=N),
+    "UploadSessionCreate": obj(("original_filename", "size"), extra=False,
+                               original_filename=S, size=I, content_type=S, description=S,
+                               custom_attributes={"type": "object"}, retention_policy=S,
+                               ttl_days=I, sha256=S),
     "S3Key": obj(("access_key_id", "client_id", "status"), access_key_id=S, client_id=S,
                  status={"enum": ["active", "revoked"]}, created_at=N, created_by=S,
                  revoked_at=N, revoked_by=S),
@@ -251,6 +257,7 @@ HEADERS = {
 
 FILE_ID = path_param("file_id", "a file's id, as returned by the upload")
 CLIENT_ID = path_param("client_id", "an account's client id")
+UPLOAD_ID = path_param("upload_id", "an upload session's id, as returned when it was made")
 PROBLEM_ONLY = ("default",)
 
 
@@ -272,6 +279,33 @@ def _files() -> dict:
                       params=(limit(100), CURSOR, ORDER), errors=(400, 409),
                       op_id="listFiles"),
         },
+        "/api/v1/uploads": {"post": op(
+            "Start a resumable upload session for one file (its fields checked now)", tag,
+            write, {"201": ok("The session", ref("UploadSession"), headers=("Location",))},
+            request=body(ref("UploadSessionCreate")), errors=(400, 409, 413, 422, 503),
+            op_id="createUploadSession")},
+        "/api/v1/uploads/{upload_id}": {
+            "parameters": [UPLOAD_ID],
+            "get": op("A session's state: resume from received", tag, write,
+                      {"200": ok("The session", ref("UploadSession"))}, errors=(404,),
+                      op_id="getUploadSession"),
+            "put": op("Append bytes at an offset (the received count); a transfer cut short "
+                      "keeps what reached the disk", tag, write,
+                      {"200": ok("The session", ref("UploadSession"))},
+                      params=(q("offset", "where these bytes start: the received count",
+                                {"type": "integer", "minimum": 0}),),
+                      request=body({"type": "string", "format": "binary"},
+                                   "application/octet-stream"),
+                      errors=(400, 404, 409, 413, 503, 507), op_id="appendUploadSession"),
+            "delete": op("Abort the session (its bytes are removed)", tag, write,
+                         {"204": ok("Aborted")}, errors=(404,), op_id="abortUploadSession")},
+        "/api/v1/uploads/{upload_id}/complete": {
+            "parameters": [UPLOAD_ID],
+            "post": op("Make the file of every received byte", tag, write, {
+                "201": ok("Stored (durable when answered)", ref("FileRecord"),
+                          headers=("ETag", "Location"))},
+                params=(q("ack", "as for an upload", {"enum": ["local", "quorum", "all"]}),),
+                errors=(400, 404, 409, 422, 503, 507), op_id="completeUploadSession")},
         "/api/v1/changes": {"get": op(
             "File events in commit order after a sequence (long-poll, or Server-Sent Events "
             "with Accept: text/event-stream)", tag, read,

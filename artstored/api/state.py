@@ -22,6 +22,7 @@ class Services:
     accounts: object = None       # auth.accounts.AccountStore
     s3_keys: object = None        # auth.s3keys.S3KeyStore
     multipart: object = None      # engine.multipart.MultipartUploads
+    sessions: object = None       # engine.sessions.UploadSessions
     token_policy: object = None   # what says a verified token may be used (default: accounts;
                                   # cluster.tokens.DocumentAccounts on a member)
     cluster: object = None        # cluster.node.ClusterNode when [cluster] is on

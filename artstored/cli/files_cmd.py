@@ -10,6 +10,7 @@ import sys
 import tempfile
 import urllib.parse
 
+from . import resume
 from .common import UsageError, add_remote_options, emit, make_client, progress_bar
 
 
@@ -53,6 +54,20 @@ def _file_line(attr: dict) -> str:
 
 # --- upload ---------------------------------------------------------------------------------
 
+def _session_fields(fields: dict, filename: str, content_type: str) -> dict:
+    """An upload's form fields as an upload session's JSON."""
+    out = {"original_filename": filename, "content_type": content_type}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if name == "custom_attributes":
+            value = json.loads(value)
+        elif name == "ttl_days":
+            value = int(value)
+        out[name] = value
+    return out
+
+
 def cmd_upload(args) -> int:
     client = make_client(args)
     results = []
@@ -72,8 +87,12 @@ def cmd_upload(args) -> int:
         update, close = progress_bar(os.path.getsize(path), os.path.basename(path),
                                      not args.json)
         try:
-            attr = client.upload(path, filename=args.name or os.path.basename(path),
-                                 fields=fields, content_type=ctype, progress=update)
+            if args.resumable or os.path.getsize(path) >= resume.RESUMABLE_BYTES:
+                attr = resume.upload(client, path, _session_fields(
+                    fields, args.name or os.path.basename(path), ctype), progress=update)
+            else:
+                attr = client.upload(path, filename=args.name or os.path.basename(path),
+                                     fields=fields, content_type=ctype, progress=update)
         finally:
             close()
         results.append(attr)
@@ -208,6 +227,10 @@ def register(sub) -> None:
     p.add_argument("--content-type", help="default: guessed from the name")
     p.add_argument("--no-checksum", action="store_true",
                    help="do not hash the file first and declare its SHA-256")
+    p.add_argument("--resumable", action="store_true",
+                   help="upload through a resumable session even below 64 MiB (always at "
+                        "or above it): a dropped connection resumes, and running the same "
+                        "command again after an interruption continues where it stopped")
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("download", help="download a file (verifies its SHA-256)")

@@ -57,9 +57,10 @@ DB_BUCKETS = b"buckets"         # bucket name → {name, created_at, created_by}
 DB_OBJECT_KEYS = b"objkeys"     # bucket NUL key NUL file id → b"": S3 names (engine.buckets)
 DB_S3_KEYS = b"s3keys"          # access key id → its account and sealed secret (auth.s3keys)
 DB_UPLOADS = b"uploads"         # multipart upload id → its key and parts (engine.multipart)
+DB_SESSIONS = b"sessions"       # upload session id → its file's fields, bytes received
 ALL_DBS = (DB_META, DB_WAL, DB_PENDING, DB_CATALOG, DB_EXPIRY, DB_ACCOUNTS, DB_REVOKED,
            DB_JOBS, DB_FIXITY, DB_FIXITY_ORDER, DB_TOMBSTONES, DB_PEERS, DB_BUCKETS,
-           DB_OBJECT_KEYS, DB_S3_KEYS, DB_UPLOADS)
+           DB_OBJECT_KEYS, DB_S3_KEYS, DB_UPLOADS, DB_SESSIONS)
 
 META_SCHEMA = b"schema_version"   # msgpack int
 META_ELEMENT = b"element"         # {mode, changed_by, changed_at, created_at}

@@ -220,12 +220,14 @@ class MultipartUploads:
         self.abort(upload_id)
         return attr
 
-    def expire(self, older_than_seconds: float, now: float | None = None) -> int:
-        """Abort every upload initiated more than ``older_than_seconds`` ago; how many."""
+    def expire(self, idle_seconds: float, now: float | None = None) -> int:
+        """Abort every upload that got no part for ``idle_seconds`` (counted from its
+        creation when it has none); how many."""
         now = time.time() if now is None else now
         gone = 0
         for record in self.list():
-            if now - record["initiated"] > older_than_seconds:
+            last = max([record["initiated"]] + [p["at"] for p in record["parts"].values()])
+            if now - last > idle_seconds:
                 try:
                     self.abort(record["upload_id"])
                     gone += 1

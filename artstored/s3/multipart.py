@@ -3,7 +3,8 @@
 Parts are stored durably as they arrive (``engine.multipart``): a client whose connection
 dropped mid-part lists the parts (ListParts) and sends again only what is missing. A part's
 ETag is its SHA-256 in quotes; the completed object is one ArtStore file with the SHA-256 of
-the whole as its ETag. Uploads left unfinished are aborted after ``s3.multipart_expiry_days``.
+the whole as its ETag. An upload that gets no part for ``uploads.abandoned_days`` is
+aborted.
 """
 
 from __future__ import annotations
