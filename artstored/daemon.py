@@ -325,7 +325,7 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
     await site.start()
     log.info("artstored %s listening on %s:%d (data %s)", __version__, host, port,
              cfg.data_dir)
-    s3_site = await _start_s3(svc, cfg)
+    s3 = await _start_s3(svc, cfg)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -346,6 +346,8 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
             svc.startup_error = exc.detail
             log.error("cannot open the store: %s", exc.detail)
             sdnotify.notify(f"STATUS=cannot open the store: {exc.detail}")
+            if s3 is not None:
+                await s3[1].cleanup()
             await runner.cleanup()
             return 1
         svc.started = True
@@ -369,9 +371,11 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
         # Signalled during recovery: let recovery finish (it must not be cut), then stop.
         await opener
     sdnotify.notify("STOPPING=1\nSTATUS=stopping: finishing requests in flight")
-    if s3_site is not None:
-        await s3_site.stop()
+    if s3 is not None:
+        await s3[0].stop()     # no new S3 connections; its requests drain with the rest
     await _drain(svc, site, runner, svc.config["server.shutdown_grace_seconds"])
+    if s3 is not None:
+        await s3[1].cleanup()
     if svc.cluster is not None:
         # After the drain: uploads in flight still get their copies pushed.
         await svc.cluster.stop()
@@ -384,7 +388,7 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
 
 
 async def _start_s3(svc: Services, cfg: C.Config):
-    """The S3 endpoint on ``s3.listen`` (none when it is empty); its site, to stop."""
+    """The S3 endpoint on ``s3.listen`` (None when it is empty): its (site, runner)."""
     if not cfg["s3.listen"]:
         return None
     from .s3.app import build_app as build_s3_app
@@ -396,7 +400,7 @@ async def _start_s3(svc: Services, cfg: C.Config):
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     log.info("S3 endpoint listening on %s:%d (region %s)", host, port, cfg["s3.region"])
-    return site
+    return site, runner
 
 
 async def _drain(svc: Services, site: web.TCPSite, runner: web.AppRunner,

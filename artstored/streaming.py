@@ -28,12 +28,16 @@ async def stream_to_writer(pieces, writer, *, keep_partial: bool = False) -> Non
                 in_flight = loop.run_in_executor(None, writer.write_many, batch)
                 batch, size = [], 0
     except (ConnectionError, asyncio.IncompleteReadError, EOFError):
-        if not keep_partial:
-            raise
         if in_flight is not None:
             await in_flight
-        if batch:
+        if keep_partial and batch:
             await loop.run_in_executor(None, writer.write_many, batch)
+        raise
+    except Exception:
+        # The body failed its checks: let the write in flight end before the caller
+        # aborts the writer (writers also lock against it).
+        if in_flight is not None and not in_flight.done():
+            await asyncio.wait([in_flight])
         raise
     if in_flight is not None:
         await in_flight

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.parse
@@ -228,8 +229,24 @@ def test_checksums_and_signatures_refused_with_nothing_stored(rw):
     conn.request("PUT", "/checks/k", body=body)
     answer = conn.getresponse()
     assert answer.status == 403 and b"<Code>AccessDenied</Code>" in answer.read()
+    # A presigned PUT cannot be turned into something else by headers it did not sign.
+    s3.put_object(Bucket="checks", Key="secret", Body=b"not for the URL's holder")
+    url = s3.generate_presigned_url("put_object", ExpiresIn=60,
+                                    Params={"Bucket": "checks", "Key": "k"})
+    before = len(objects_files(rw.data_dir))
+    forged = subprocess.run(["curl", "-s", "-X", "PUT", "-H",
+                             "x-amz-copy-source: /checks/secret", "--data-binary", "x", url],
+                            capture_output=True, timeout=30)
+    assert b"<Code>AccessDenied</Code>" in forged.stdout and b"not signed" in forged.stdout
+    # A signature that is not hex (not even ASCII) is a refusal, not a failure.
+    for bad in ("%C3%A9", "zz"):
+        spoiled = re.sub(r"X-Amz-Signature=[^&]+", "X-Amz-Signature=" + bad, url)
+        answer = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X",
+                                 "PUT", "--data-binary", "x", spoiled],
+                                capture_output=True, timeout=30)
+        assert answer.stdout == b"403"
     assert len(objects_files(rw.data_dir)) == before
-    assert "Contents" not in s3.list_objects_v2(Bucket="checks")
+    assert [c["Key"] for c in s3.list_objects_v2(Bucket="checks")["Contents"]] == ["secret"]
     good = base64.b64encode(hashlib.sha256(body).digest()).decode()
     s3.put_object(Bucket="checks", Key="k", Body=body, ChecksumSHA256=good,
                   ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode())
@@ -373,6 +390,14 @@ def test_aws_cli_and_rclone_work_unchanged(rw, tmp_path):
     head = json.loads(run(*aws, "s3api", "head-object", "--bucket", "cli-bucket",
                           "--key", "in/one.txt"))
     assert head["ContentLength"] == 4
+    # 9 MB: the CLI uploads it in parts, and copies it within the archive part by part
+    # (UploadPartCopy).
+    big = os.urandom(9_000_000)
+    (tmp_path / "big").write_bytes(big)
+    run(*aws, "s3", "cp", str(tmp_path / "big"), "s3://cli-bucket/big")
+    run(*aws, "s3", "cp", "s3://cli-bucket/big", "s3://cli-bucket/big-copy")
+    run(*aws, "s3", "cp", "s3://cli-bucket/big-copy", str(tmp_path / "big-back"))
+    assert (tmp_path / "big-back").read_bytes() == big
 
     env.update(RCLONE_CONFIG_AS_TYPE="s3", RCLONE_CONFIG_AS_PROVIDER="Other",
                RCLONE_CONFIG_AS_ACCESS_KEY_ID=rw.key["access_key_id"],
@@ -440,7 +465,7 @@ def test_multipart_upload_resumes_after_a_dropped_connection_and_a_restart(rw):
     e1 = s3.upload_part(Bucket="big-uploads", Key="scan.tiff", UploadId=uid, PartNumber=1,
                         Body=part1)["ETag"]
     _raw_part_cut_short(rw, "big-uploads", "scan.tiff", uid, 2, len(part2), 3 << 20)
-    upload_dir = os.path.join(rw.data_dir, "multipart", uid)
+    upload_dir = os.path.join(rw.data_dir, "disks", "0", "multipart", uid)
     wait_until(lambda: os.listdir(upload_dir) == ["00001.part"], 10,
                "the cut part's bytes removed")
     listed = s3.list_parts(Bucket="big-uploads", Key="scan.tiff", UploadId=uid)["Parts"]
@@ -474,7 +499,7 @@ def test_multipart_upload_resumes_after_a_dropped_connection_and_a_restart(rw):
     attr = rw.api().get(f"/api/v1/files/{done['VersionId']}").json()
     assert attr["checksum_sha256"] == hashlib.sha256(whole).hexdigest()
     assert s3.list_multipart_uploads(Bucket="big-uploads").get("Uploads", []) == []
-    assert os.listdir(os.path.join(rw.data_dir, "multipart")) == []
+    assert os.listdir(os.path.join(rw.data_dir, "disks", "0", "multipart")) == []
 
 
 def test_multipart_abort_and_refusals_keep_nothing(rw):
@@ -500,7 +525,7 @@ def test_multipart_abort_and_refusals_keep_nothing(rw):
         s3.list_parts(Bucket="aborted", Key="k", UploadId=uid)
     assert _code(info) == "NoSuchUpload"
     assert "Contents" not in s3.list_objects_v2(Bucket="aborted")
-    assert os.listdir(os.path.join(rw.data_dir, "multipart")) == []
+    assert os.listdir(os.path.join(rw.data_dir, "disks", "0", "multipart")) == []
 
 
 def test_buckets_and_keys_come_back_from_the_sidecars_alone(tmp_path):

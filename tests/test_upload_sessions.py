@@ -133,7 +133,7 @@ def test_session_keeps_every_byte_that_arrived_and_makes_one_file(daemon):
             f"Authorization: Bearer {daemon.admin_token()}\r\n"
             f"Content-Length: {len(content)}\r\n\r\n").encode()
     conn.sendall(head + content[:1_500_000])
-    data = os.path.join(daemon.data_dir, "sessions", uid, "data")
+    data = os.path.join(daemon.data_dir, "disks", "0", "sessions", uid, "data")
     wait_until(lambda: os.path.exists(data) and os.path.getsize(data) >= 1 << 20, 10,
                "the first bytes written")
     conn.close()
@@ -166,7 +166,7 @@ def test_session_keeps_every_byte_that_arrived_and_makes_one_file(daemon):
     r = daemon.api().download(attr["file_id"])
     assert r.body == content
     assert _json(daemon, "GET", f"/api/v1/uploads/{uid}")[0] == 404
-    assert os.listdir(os.path.join(daemon.data_dir, "sessions")) == []
+    assert os.listdir(os.path.join(daemon.data_dir, "disks", "0", "sessions")) == []
 
 
 def test_a_wrong_declared_checksum_stores_nothing_and_abort_removes_the_bytes(daemon):
@@ -180,7 +180,7 @@ def test_a_wrong_declared_checksum_stores_nothing_and_abort_removes_the_bytes(da
     assert daemon.api().get("/api/v1/files").json()["items"] == []
     r = daemon.api().request("DELETE", f"/api/v1/uploads/{uid}")
     assert r.status == 204
-    assert os.listdir(os.path.join(daemon.data_dir, "sessions")) == []
+    assert os.listdir(os.path.join(daemon.data_dir, "disks", "0", "sessions")) == []
     assert _json(daemon, "GET", f"/api/v1/uploads/{uid}")[0] == 404
 
 
@@ -226,7 +226,7 @@ def test_artstore_upload_resumes_within_a_run_and_after_being_killed(daemon, tmp
     wait_until(lambda: any(f.endswith(".json") for f in
                            os.listdir(os.path.join(state, "artstore", "uploads"))),
                30, "the state file")
-    sessions = os.path.join(daemon.data_dir, "sessions")
+    sessions = os.path.join(daemon.data_dir, "disks", "0", "sessions")
     wait_until(lambda: any(os.path.getsize(os.path.join(sessions, d, "data")) > 0
                            for d in os.listdir(sessions)
                            if os.path.exists(os.path.join(sessions, d, "data"))),

@@ -128,6 +128,7 @@ async def revoke_tokens(request: web.Request) -> web.Response:
 async def create_s3_key(request: web.Request) -> web.Response:
     """A new S3 access key of the account; its secret appears in this answer only."""
     svc = services(request)
+    svc.require_token_authority()
     record, secret = await blocking(svc.s3_keys.create, request.match_info["client_id"],
                                     actor_of(request))
     return json_response({**record, "secret_access_key": secret}, status=201,
@@ -137,6 +138,7 @@ async def create_s3_key(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_READ)
 async def list_s3_keys(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     await blocking(svc.accounts.get, request.match_info["client_id"])   # 404 if none
     keys = await blocking(svc.s3_keys.list, request.match_info["client_id"])
     return json_response({"items": keys})
@@ -145,6 +147,7 @@ async def list_s3_keys(request: web.Request) -> web.Response:
 @requires(R.ADMIN, R.ADMIN_WRITE)
 async def revoke_s3_key(request: web.Request) -> web.Response:
     svc = services(request)
+    svc.require_token_authority()
     record = await blocking(svc.s3_keys.revoke, request.match_info["access_key_id"],
                             actor_of(request), client_id=request.match_info["client_id"])
     return json_response(record)

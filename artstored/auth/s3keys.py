@@ -14,10 +14,12 @@ the ``s3keys`` LMDB database; creating and revoking are WAL records (never with 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import secrets
 import time
 
+import nacl.exceptions
 import nacl.secret
 import nacl.utils
 
@@ -26,6 +28,8 @@ from ..engine import s3keys as records
 from ..engine import wal as W
 from ..engine.errors import Conflict
 from .accounts import ACTIVE, DELETED, AccountStore
+
+log = logging.getLogger("artstored.auth")
 
 SEAL_KEY_FILE = os.path.join("keys", "s3-seal.key")
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
@@ -55,8 +59,11 @@ class S3KeyStore:
     def __init__(self, env, accounts: AccountStore, data_dir: str):
         self.env = env
         self.accounts = accounts
-        self._box = nacl.secret.SecretBox(
-            _load_or_create_seal_key(os.path.join(data_dir, SEAL_KEY_FILE)))
+        path = os.path.join(data_dir, SEAL_KEY_FILE)
+        if not os.path.exists(path) and records.all_records(env):
+            log.error("%s is missing but S3 keys exist: they cannot be used any more (a "
+                      "restore without keys/?); put the file back, or create new keys", path)
+        self._box = nacl.secret.SecretBox(_load_or_create_seal_key(path))
 
     def create(self, client_id: str, actor: W.Actor) -> tuple[dict, str]:
         """A new key of ``client_id``'s account and its secret (returned once; the caller
@@ -87,9 +94,11 @@ class S3KeyStore:
                                           client_id=client_id))
 
     def signing_secret(self, access_key_id: str) -> tuple[dict, dict, str] | None:
-        """(key record, account, secret) of an active key whose account is active; None
-        for an unknown or revoked key. The caller still checks the signature, and must
-        tell an inactive account apart only after it (see ``account_active``)."""
+        """(key record, account, secret) of an active key; None for an unknown or revoked
+        key, or one whose secret this node cannot unseal. The account may be inactive: the
+        caller checks the signature first and the account's status after it (see
+        ``account_active``), so an inactive account is told apart only to its key's
+        holder."""
         if not access_key_id or len(access_key_id) > 128:
             return None
         record = records.get(self.env, access_key_id)
@@ -98,7 +107,12 @@ class S3KeyStore:
         account = self.accounts.find(record["client_id"])
         if account is None:
             return None
-        secret = self._box.decrypt(base64.b64decode(record["sealed_secret"])).decode()
+        try:
+            secret = self._box.decrypt(base64.b64decode(record["sealed_secret"])).decode()
+        except (nacl.exceptions.CryptoError, ValueError):
+            log.error("S3 key %s: its secret does not unseal with keys/s3-seal.key",
+                      access_key_id)
+            return None
         return record, account, secret
 
     @staticmethod

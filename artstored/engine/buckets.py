@@ -27,7 +27,7 @@ from . import attrs as A
 from . import ids
 from . import lmdb_schema as S
 from . import wal as W
-from .errors import Conflict, NotFound, ValidationError
+from .errors import Conflict, FileNotFound, NotFound, ValidationError
 
 MAX_KEY_BYTES = 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -78,6 +78,13 @@ def _entry_key(bucket: str, key: str, file_id: str) -> bytes:
     return _prefix(bucket) + key.encode("utf-8") + _SEP + ids.file_id_key(file_id)
 
 
+def _version_key(file_id: str) -> bytes:
+    try:
+        return ids.file_id_key(file_id)
+    except FileNotFound:
+        return b"\xff" * 16      # not an id: every version is older
+
+
 def _split(raw: bytes, skip: int) -> tuple[str, str]:
     """(object key, file id) of an index entry, ``skip`` bytes of bucket prefix off."""
     raw = bytes(raw)
@@ -92,7 +99,11 @@ def keyed(attr: dict) -> bool:
 
 
 def index(txn, env: S.Env, attr: dict) -> None:
+    """Index a keyed file (inside the catalog's transaction). Its bucket's record is made
+    if it is missing: a delete of the bucket that raced this file's upload, or a replica
+    from a node where the bucket was made, never leaves a key without its bucket."""
     if keyed(attr):
+        ensure(txn, env, attr)
         txn.put(_entry_key(attr["bucket"], attr["object_key"], attr["file_id"]), b"",
                 db=env.db(S.DB_OBJECT_KEYS))
 
@@ -262,8 +273,10 @@ class Reader:
             if versions:
                 newest_first = list(reversed(all_versions))
                 if resume_inside and key == after:
-                    if after_version in newest_first:
-                        newest_first = newest_first[newest_first.index(after_version) + 1:]
+                    # Older than the marker (ids sort by time), even if the marker's
+                    # version was deleted since the last page.
+                    marker = _version_key(after_version)
+                    newest_first = [v for v in newest_first if _version_key(v) < marker]
                     resume_inside = None
                 for i, file_id in enumerate(newest_first):
                     if count >= limit:

@@ -2,7 +2,8 @@
 
 An upload is a record in the ``uploads`` database (upload id → bucket, key, who, when, the
 content type and metadata to give the file, and its parts) and a directory
-``<data_dir>/multipart/<upload id>/`` holding one file per part. A part is durable when
+``<disk root>/multipart/<upload id>/`` holding one file per part, on the data disk with the
+most room when it was made (never on the filesystem of the catalog). A part is durable when
 ``PartWriter.commit`` returns: its bytes are flushed (fdatasync), it is renamed into place
 (the directory flushed) and then recorded; a part sent again replaces the earlier one. So a
 client whose connection dropped (or a daemon that restarted) lists the parts and sends only
@@ -23,11 +24,12 @@ import shutil
 import threading
 import time
 
+from . import attrs as A
 from . import buckets, durable
 from . import lmdb_schema as S
 from . import modes as M
 from . import wal as W
-from .errors import ArtStoreError, NotFound, ValidationError
+from .errors import ArtStoreError, Conflict, NotFound, ValidationError, storage_error
 
 MAX_PARTS = 10_000
 MIN_PART_BYTES = 5 << 20          # S3's rule for every part but the last
@@ -58,11 +60,15 @@ class PartWriter:
     def __init__(self, uploads: "MultipartUploads", upload_id: str, number: int):
         self.uploads, self.upload_id, self.number = uploads, upload_id, number
         self.dir = uploads.path_of(upload_id)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self.tmp = os.path.join(self.dir, f"{number:05d}.{secrets.token_hex(4)}.tmp")
         self._fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                            0o600)
         self._sha256 = hashlib.sha256()
         self.size = 0
+        # abort() may come from another thread while a write runs: it waits for it, so a
+        # closed (and maybe reused) descriptor is never written to.
+        self._io = threading.Lock()
 
     @property
     def sha256_hex(self) -> str:
@@ -70,25 +76,35 @@ class PartWriter:
         return self._sha256.hexdigest()
 
     def write_many(self, chunks) -> None:
-        for chunk in chunks:
-            self._sha256.update(chunk)
-        durable.writev_all(self._fd, chunks)
-        self.size += sum(len(c) for c in chunks)
+        with self._io:
+            if self._fd is None:
+                raise ValueError("part already committed or aborted")
+            for chunk in chunks:
+                self._sha256.update(chunk)
+            try:
+                durable.writev_all(self._fd, chunks)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            self.size += sum(len(c) for c in chunks)
 
     def commit(self) -> dict:
         """Flush, put in place, record; returns the part's record {number, size, sha256,
         at}. NotFound ``upload_not_found`` if the upload was completed or aborted meanwhile
         (nothing is kept then)."""
-        try:
-            os.fdatasync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._fd = None
+        with self._io:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            finally:
+                os.close(self._fd)
+                self._fd = None
         final = os.path.join(self.dir, f"{self.number:05d}.part")
         part = {"number": self.number, "size": self.size,
                 "sha256": self._sha256.hexdigest(), "at": time.time()}
         with self.uploads.lock:
             record = self.uploads.get(self.upload_id)   # still there?
+            self.uploads._not_completing(self.upload_id)
             os.rename(self.tmp, final)
             durable.fsync_dir(self.dir)
             record["parts"][str(self.number)] = part
@@ -96,9 +112,10 @@ class PartWriter:
         return part
 
     def abort(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._io:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
@@ -111,13 +128,21 @@ class MultipartUploads:
     def __init__(self, store):
         self.store = store
         self.env = store.env
-        self.root = os.path.join(store.data_dir, DIRECTORY)
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        # Serialises record updates of parts (read-modify-write of one record).
+        # Serialises record updates of parts (read-modify-write of one record) and marks.
         self.lock = threading.Lock()
+        self._completing: set[str] = set()
+        self._completed: dict[str, tuple[float, dict]] = {}   # for a retried Complete
+
+    def _roots(self) -> list[str]:
+        return [os.path.join(d.root, DIRECTORY) for d in self.store.disks]
 
     def path_of(self, upload_id: str) -> str:
-        return os.path.join(self.root, upload_id)
+        """Where the upload's parts live (its record names the disk)."""
+        return self.get(upload_id)["dir"]
+
+    def _not_completing(self, upload_id: str) -> None:
+        if upload_id in self._completing:
+            raise Conflict("the upload is being completed", code="upload_completing")
 
     def _db(self):
         return self.env.db(S.DB_UPLOADS)
@@ -141,12 +166,20 @@ class MultipartUploads:
         ``bucket_not_found``, ValidationError for a bad key."""
         self.store.require(M.UPLOAD)
         buckets.validate_object_key(key)
+        content_type = A.validate_content_type(content_type)
+        A.validate_custom_attributes(custom_attributes)
         with self.store.view.snapshot() as snap:
             snap.buckets().require_bucket(bucket)
         upload_id = secrets.token_hex(16)
-        os.makedirs(self.path_of(upload_id), mode=0o700)
-        durable.fsync_dir(self.root)
+        disk, _ = self.store.disks.choose(0)
+        root = os.path.join(disk.root, DIRECTORY)
+        try:
+            os.makedirs(os.path.join(root, upload_id), mode=0o700)
+            durable.fsync_dir(root)
+        except OSError as exc:
+            raise storage_error(exc) from exc
         self._put(upload_id, {"upload_id": upload_id, "bucket": bucket, "key": key,
+                              "dir": os.path.join(root, upload_id),
                               "initiated": time.time(),
                               "actor": {"id": actor.id, "name": actor.name,
                                         "role": actor.role},
@@ -160,7 +193,12 @@ class MultipartUploads:
             raise ValidationError(f"part numbers are 1-{MAX_PARTS}", code="invalid_part_number")
         self.store.require(M.UPLOAD)
         self.get(upload_id)
-        return PartWriter(self, upload_id, number)
+        with self.lock:
+            self._not_completing(upload_id)
+        try:
+            return PartWriter(self, upload_id, number)
+        except OSError as exc:
+            raise storage_error(exc) from exc
 
     def list(self, bucket: str | None = None) -> list[dict]:
         with self.env.read() as txn:
@@ -169,20 +207,65 @@ class MultipartUploads:
                       key=lambda r: (r["key"].encode(), r["initiated"]))
 
     def abort(self, upload_id: str) -> None:
-        """Forget the upload and remove its parts. NotFound if there is none."""
-        self.get(upload_id)
+        """Forget the upload and remove its parts. NotFound if there is none; Conflict
+        ``upload_completing`` while a Complete of it runs."""
         with self.lock:
-            with self.env.write() as txn:
-                txn.delete(upload_id.encode(), db=self._db())
-        shutil.rmtree(self.path_of(upload_id), ignore_errors=True)
+            self._not_completing(upload_id)
+            self._forget(upload_id)
+
+    def _forget(self, upload_id: str) -> None:
+        """(Under ``lock``.) Drop the record and the parts; NotFound if there is none."""
+        directory = self.get(upload_id)["dir"]
+        with self.env.write() as txn:
+            txn.delete(upload_id.encode(), db=self._db())
+        shutil.rmtree(directory, ignore_errors=True)
 
     def complete(self, upload_id: str, parts: list[tuple[int, str | None]]) -> dict:
         """Make one file of the named parts (ascending part numbers; each ``sha256`` as
         the part's answer gave it, or None to skip that check) and return its attr once it
-        is durable; the upload is then gone. InvalidPart, PartTooSmall, ValidationError;
-        and what an upload raises (ModeNotAllowed, StorageFull, ...), the upload kept."""
+        is durable; the upload is then gone (a second Complete of it, within an hour, gets
+        the same attr). One Complete at a time: parts, aborts and expiry of the upload wait
+        for it (Conflict ``upload_completing``). InvalidPart (also when a part's file no
+        longer hashes to its record), PartTooSmall, ValidationError; and what an upload
+        raises (ModeNotAllowed, StorageFull, ...), the upload kept."""
         from .store import UploadRequest
-        record = self.get(upload_id)
+        with self.lock:
+            done = self._completed.get(upload_id)
+            if done is not None:
+                return done[1]
+            self._not_completing(upload_id)
+            record = self.get(upload_id)
+            self._completing.add(upload_id)
+        try:
+            chosen = self._chosen(record, parts)
+            writer = self.store.begin_upload(sum(p["size"] for p in chosen))
+            try:
+                for part in chosen:
+                    self._copy_part(record, part, writer)
+                writer.finish()
+                prepared = self.store.prepare_upload(writer, UploadRequest(
+                    original_filename=record["key"].rstrip("/").rsplit("/", 1)[-1]
+                    or record["key"], content_type=record.get("content_type"),
+                    custom_attributes=record.get("custom_attributes"),
+                    bucket=record["bucket"], object_key=record["key"]),
+                    W.Actor(**record["actor"]))
+            except BaseException:
+                writer.abort()
+                raise
+            attr = self.store.commit_upload(prepared).result()
+            with self.lock:
+                now = time.time()
+                self._completed = {k: v for k, v in self._completed.items()
+                                   if now - v[0] < 3600}
+                self._completed[upload_id] = (now, attr)
+                self._forget(upload_id)
+            return attr
+        finally:
+            with self.lock:
+                self._completing.discard(upload_id)
+
+    @staticmethod
+    def _chosen(record: dict, parts: list[tuple[int, str | None]]) -> list[dict]:
         if not parts:
             raise ValidationError("name at least one part", code="malformed_parts")
         numbers = [n for n, _ in parts]
@@ -198,50 +281,54 @@ class MultipartUploads:
                 raise PartTooSmall(f"part {number} has {part['size']} bytes; every part but "
                                    f"the last needs at least {MIN_PART_BYTES}")
             chosen.append(part)
-        total = sum(p["size"] for p in chosen)
-        writer = self.store.begin_upload(total)
+        return chosen
+
+    @staticmethod
+    def _copy_part(record: dict, part: dict, writer) -> None:
+        """Append one part's file to ``writer``, checking it is still what was recorded."""
+        path = os.path.join(record["dir"], f"{part['number']:05d}.part")
+        digest = hashlib.sha256()
         try:
-            for part in chosen:
-                path = os.path.join(self.path_of(upload_id), f"{part['number']:05d}.part")
-                with open(path, "rb") as f:
-                    while chunk := f.read(4 << 20):
-                        writer.write(chunk)
-            writer.finish()
-            actor = W.Actor(**record["actor"])
-            prepared = self.store.prepare_upload(writer, UploadRequest(
-                original_filename=record["key"].rstrip("/").rsplit("/", 1)[-1]
-                or record["key"], content_type=record.get("content_type"),
-                custom_attributes=record.get("custom_attributes"),
-                bucket=record["bucket"], object_key=record["key"]), actor)
-        except BaseException:
-            writer.abort()
-            raise
-        attr = self.store.commit_upload(prepared).result()
-        self.abort(upload_id)
-        return attr
+            with open(path, "rb") as f:
+                while chunk := f.read(4 << 20):
+                    digest.update(chunk)
+                    writer.write(chunk)
+        except FileNotFoundError:
+            raise InvalidPart(f"part {part['number']}'s bytes are gone") from None
+        except OSError as exc:
+            raise storage_error(exc) from exc
+        if digest.hexdigest() != part["sha256"]:
+            raise InvalidPart(f"part {part['number']} no longer hashes to what was stored")
 
     def expire(self, idle_seconds: float, now: float | None = None) -> int:
         """Abort every upload that got no part for ``idle_seconds`` (counted from its
-        creation when it has none); how many."""
+        creation when it has none), unless it is being completed; how many."""
         now = time.time() if now is None else now
         gone = 0
         for record in self.list():
             last = max([record["initiated"]] + [p["at"] for p in record["parts"].values()])
             if now - last > idle_seconds:
-                try:
-                    self.abort(record["upload_id"])
-                    gone += 1
-                except NotFound:
-                    pass
+                with self.lock:
+                    if record["upload_id"] in self._completing:
+                        continue
+                    try:
+                        self._forget(record["upload_id"])
+                        gone += 1
+                    except NotFound:
+                        pass
         # Directories whose record is gone (a crash between the two steps of abort, or of
         # create), once they are old enough not to be a create under way.
-        for name in os.listdir(self.root):
+        known = {r["upload_id"] for r in self.list()}
+        for root in self._roots():
             try:
-                self.get(name)
-            except NotFound:
+                names = os.listdir(root)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = os.path.join(root, name)
                 try:
-                    if now - os.stat(self.path_of(name)).st_mtime > 3600:
-                        shutil.rmtree(self.path_of(name), ignore_errors=True)
+                    if name not in known and now - os.stat(path).st_mtime > 3600:
+                        shutil.rmtree(path, ignore_errors=True)
                 except FileNotFoundError:
                     pass
         return gone

@@ -2,7 +2,7 @@
 
 A session is a record in the ``sessions`` database (session id → who, the file's announced
 size and fields, how many bytes are durably received) and a file
-``<data_dir>/sessions/<id>/data``. Bytes are appended at the received offset only; whatever
+``<disk root>/sessions/<id>/data`` on the data disk with the most room when it was made. Bytes are appended at the received offset only; whatever
 part of an append reached the disk is flushed and counted when the append ends, even when
 the connection dropped in the middle, so a client resumes from ``received``, never from
 zero. ``complete`` then makes one ordinary file of it through the normal upload path
@@ -26,7 +26,7 @@ from . import durable
 from . import lmdb_schema as S
 from . import modes as M
 from . import wal as W
-from .errors import ArtStoreError, Conflict, NotFound, UploadTooLarge
+from .errors import ArtStoreError, Conflict, NotFound, UploadTooLarge, storage_error
 
 DIRECTORY = "sessions"
 
@@ -59,31 +59,42 @@ class Append:
     def __init__(self, sessions: "UploadSessions", record: dict, offset: int):
         self.sessions, self.record, self.offset = sessions, record, offset
         self.limit = record["size"] - offset
-        path = sessions.data_path(record["session_id"])
+        path = os.path.join(record["dir"], "data")
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.ftruncate(self._fd, offset)     # drop bytes written but never counted
         os.lseek(self._fd, offset, os.SEEK_SET)
         self.written = 0
+        # close() may come from another thread while a write runs: it waits for it.
+        self._io = threading.Lock()
 
     def write_many(self, chunks) -> None:
         n = sum(len(c) for c in chunks)
-        if self.written + n > self.limit:
-            raise UploadTooLarge(f"the session announced {self.record['size']} bytes; this "
-                                 "append goes past them", limit=self.record["size"])
-        durable.writev_all(self._fd, chunks)
-        self.written += n
+        with self._io:
+            if self._fd is None:
+                raise ValueError("append already closed")
+            if self.written + n > self.limit:
+                raise UploadTooLarge(f"the session announced {self.record['size']} bytes; "
+                                     "this append goes past them", limit=self.record["size"])
+            try:
+                durable.writev_all(self._fd, chunks)
+            except OSError as exc:
+                raise storage_error(exc) from exc
+            self.written += n
 
     def close(self) -> int:
         """Flush what was written, record it, release the session; returns the session's
         durable byte count. Idempotent."""
-        if self._fd is None:
-            return self.record["received"]
+        with self._io:
+            if self._fd is None:
+                return self.record["received"]
+            fd, self._fd = self._fd, None
         try:
             try:
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise storage_error(exc) from exc
             finally:
-                os.close(self._fd)
-                self._fd = None
+                os.close(fd)
             self.record["received"] = self.offset + self.written
             self.record["updated_at"] = time.time()
             self.sessions._put(self.record)
@@ -98,13 +109,8 @@ class UploadSessions:
     def __init__(self, store):
         self.store = store
         self.env = store.env
-        self.root = os.path.join(store.data_dir, DIRECTORY)
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._busy: set[str] = set()
         self._lock = threading.Lock()
-
-    def data_path(self, session_id: str) -> str:
-        return os.path.join(self.root, session_id, "data")
 
     def _db(self):
         return self.env.db(S.DB_SESSIONS)
@@ -139,10 +145,16 @@ class UploadSessions:
                                  f"{self.store.config.max_upload_bytes}",
                                  limit=self.store.config.max_upload_bytes)
         session_id = secrets.token_hex(16)
-        os.makedirs(os.path.join(self.root, session_id), mode=0o700)
-        durable.fsync_dir(self.root)
+        disk, _ = self.store.disks.choose(size)
+        root = os.path.join(disk.root, DIRECTORY)
+        try:
+            os.makedirs(os.path.join(root, session_id), mode=0o700)
+            durable.fsync_dir(root)
+        except OSError as exc:
+            raise storage_error(exc) from exc
         now = time.time()
         record = {"session_id": session_id, "size": size, "received": 0, "fields": fields,
+                  "dir": os.path.join(root, session_id),
                   "actor": {"id": actor.id, "name": actor.name, "role": actor.role},
                   "created_at": now, "updated_at": now}
         self._put(record)
@@ -190,7 +202,7 @@ class UploadSessions:
         try:
             writer = self.store.begin_upload(record["size"])
             try:
-                with open(self.data_path(session_id), "rb") as f:
+                with open(os.path.join(record["dir"], "data"), "rb") as f:
                     while chunk := f.read(4 << 20):
                         writer.write(chunk)
                 writer.finish()
@@ -201,19 +213,27 @@ class UploadSessions:
                 writer.abort()
                 raise
             attr = self.store.commit_upload(prepared).result()
+            self._forget(record)
         finally:
             self._release(session_id)
-        self._forget(session_id)
         return prepared, attr
 
     def abort(self, session_id: str, owner: str | None = None) -> None:
-        self.get(session_id, owner)
-        self._forget(session_id)
+        """Forget the session and its bytes; NotFound; SessionBusy during a transfer."""
+        record = self.get(session_id, owner)
+        with self._lock:
+            if session_id in self._busy:
+                raise SessionBusy("a transfer to this session is still running")
+            self._busy.add(session_id)
+        try:
+            self._forget(record)
+        finally:
+            self._release(session_id)
 
-    def _forget(self, session_id: str) -> None:
+    def _forget(self, record: dict) -> None:
         with self.env.write() as txn:
-            txn.delete(session_id.encode(), db=self._db())
-        shutil.rmtree(os.path.join(self.root, session_id), ignore_errors=True)
+            txn.delete(record["session_id"].encode(), db=self._db())
+        shutil.rmtree(record["dir"], ignore_errors=True)
 
     def expire(self, idle_seconds: float, now: float | None = None) -> int:
         """Forget every session untouched for ``idle_seconds``; how many."""
@@ -222,8 +242,14 @@ class UploadSessions:
             records = [W.unpack(v) for _, v in txn.cursor(db=self._db())]
         gone = 0
         for record in records:
-            if now - record["updated_at"] > idle_seconds and \
-                    record["session_id"] not in self._busy:
-                self._forget(record["session_id"])
-                gone += 1
+            if now - record["updated_at"] > idle_seconds:
+                with self._lock:
+                    if record["session_id"] in self._busy:
+                        continue
+                    self._busy.add(record["session_id"])
+                try:
+                    self._forget(record)
+                    gone += 1
+                finally:
+                    self._release(record["session_id"])
         return gone

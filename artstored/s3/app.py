@@ -12,8 +12,12 @@ its role and scopes as they are at that moment. Errors are S3 XML with S3's code
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import logging
 import urllib.parse
+import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -24,7 +28,8 @@ from ..auth import roles as R
 from ..engine.errors import ArtStoreError
 from ..engine.wal import Actor
 from . import sigv4
-from .xml import S3Error, error_response, from_engine
+from .xml import (NS, XML_TYPE, S3Error, element, error_response, fields, from_engine,
+                  response)
 
 log = logging.getLogger("artstored.s3")
 
@@ -75,6 +80,13 @@ def target(request: web.Request) -> Target:
 
 
 def _authenticate(request: web.Request, svc: Services, where: Target) -> Caller:
+    if svc.cluster is not None and svc.cluster.doc is not None and \
+            not svc.cluster.mints_tokens:
+        # Accounts and keys live on the admin node; a member's local copies would not
+        # follow a suspension or a role change made there.
+        raise S3Error("ServiceUnavailable", "this node is a cluster member: use the S3 "
+                      "endpoint of the cluster's admin node, where accounts and keys live",
+                      503)
     keys = svc.s3_keys
     found = {}
 
@@ -110,6 +122,9 @@ async def s3_middleware(request: web.Request, handler):
         where = Target(request)
         if not svc.started or svc.s3_keys is None:
             raise S3Error("ServiceUnavailable", "the daemon is still starting", 503)
+        if svc.stopping and request.method not in ("GET", "HEAD"):
+            raise S3Error("ServiceUnavailable", "the daemon is shutting down; retry later",
+                          503)
         request[S3_CONTEXT] = (_authenticate(request, svc, where), where)
         response = await handler(request)
     except sigv4.S3AuthError as exc:
@@ -167,6 +182,50 @@ def build_app(svc: Services) -> web.Application:
     app[SERVICES] = svc
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+# Completing a multipart upload and copying an object re-read and hash every byte: they run
+# here, not in the daemon's shared pool, so a few large ones cannot starve other requests.
+_LONG_WORK = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                   thread_name_prefix="s3-long")
+KEEPALIVE_SECONDS = 5.0
+QUICK_SECONDS = 2.0
+
+
+async def answer_when_done(request: web.Request, work, render) -> web.StreamResponse:
+    """Run ``work()`` (blocking) and answer ``render(result)`` → (XML root, headers). If it
+    takes longer than a moment, answer 200 at once and send a space every few seconds
+    until it is done, then the result, or an S3 Error document (as S3 itself does for
+    CompleteMultipartUpload and CopyObject; clients read an Error inside a 200): a client's
+    read timeout never cuts a long copy and makes it retry."""
+    loop = asyncio.get_running_loop()
+    context = contextvars.copy_context()
+    future = loop.run_in_executor(_LONG_WORK, context.run, work)
+    done, _ = await asyncio.wait([future], timeout=QUICK_SECONDS)
+    if done:
+        root, headers = render(future.result())
+        return response(root, headers=headers)
+    answer = web.StreamResponse(status=200, headers={"Content-Type": XML_TYPE})
+    await answer.prepare(request)
+    await answer.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
+    while not future.done():
+        await asyncio.wait([future], timeout=KEEPALIVE_SECONDS)
+        if not future.done():
+            await answer.write(b" ")
+    try:
+        root, _ = render(future.result())
+        root.set("xmlns", NS)
+    except (S3Error, ArtStoreError) as exc:
+        error = exc if isinstance(exc, S3Error) else from_engine(exc)
+        root = element("Error")
+        fields(root, Code=error.code, Message=error.message, Resource=target(request).path)
+    except Exception:
+        log.exception("S3 %s %s failed after its answer began", request.method, request.path)
+        root = element("Error")
+        fields(root, Code="InternalError", Message="we encountered an internal error")
+    await answer.write(ET.tostring(root, encoding="unicode").encode("utf-8"))
+    await answer.write_eof()
+    return answer
 
 
 def not_implemented(what: str):

@@ -20,6 +20,7 @@ from . import sigv4
 from .xml import S3Error
 
 MAX_CHUNK_HEADER = 4096
+MAX_CHUNK_BYTES = 16 << 20     # clients send 8-64 KiB chunks; a chunk is held whole to check it
 _CHECKSUMS = ("x-amz-checksum-crc32", "x-amz-checksum-sha1", "x-amz-checksum-sha256")
 _UNSUPPORTED = ("x-amz-checksum-crc32c", "x-amz-checksum-crc64nvme")
 
@@ -54,7 +55,11 @@ class Body:
         self.md5 = hashlib.md5() if md5 is not None else None
         self.md5_expected = _b64(md5, 16, "Content-MD5") if md5 is not None else None
         trailer = headers.get("x-amz-trailer", "").strip().lower()
-        wanted = set(self.declared) | ({trailer} if trailer else set())
+        self.announced = {t.strip() for t in trailer.split(",") if t.strip()}
+        unknown = self.announced - set(_CHECKSUMS)
+        if unknown:
+            raise S3Error("InvalidRequest", f"unsupported trailer {sorted(unknown)[0][:60]}")
+        wanted = set(self.declared) | self.announced
         self.crc32 = 0 if "x-amz-checksum-crc32" in wanted else None
         self.sha1 = hashlib.sha1() if "x-amz-checksum-sha1" in wanted else None
         self.content_sha256 = hashlib.sha256() \
@@ -64,7 +69,7 @@ class Body:
         self.trailers: dict[str, str] = {}
         if self.chunked:
             raw = headers.get("x-amz-decoded-content-length")
-            if raw is None or not raw.isdigit():
+            if raw is None or not (raw.isascii() and raw.isdigit()):
                 raise S3Error("MissingContentLength",
                               "an aws-chunked body needs x-amz-decoded-content-length", 411)
             self.expected_size = int(raw)
@@ -78,8 +83,9 @@ class Body:
 
     def _take(self, piece) -> None:
         self.size += len(piece)
-        if self.size > self.max_bytes:
-            raise S3Error("EntityTooLarge", f"the body exceeds {self.max_bytes} bytes")
+        if self.size > self.expected_size:
+            raise S3Error("IncompleteBody", f"the body is longer than the "
+                          f"{self.expected_size} bytes announced")
         if self.md5 is not None:
             self.md5.update(piece)
         if self.crc32 is not None:
@@ -123,8 +129,9 @@ class Body:
             except ValueError:
                 raise S3Error("IncompleteBody", "an aws-chunked chunk size is not hex") \
                     from None
-            if size < 0 or self.size + size > self.max_bytes:
-                raise S3Error("EntityTooLarge", f"the body exceeds {self.max_bytes} bytes")
+            if size < 0 or self.size + size > self.expected_size or size > MAX_CHUNK_BYTES:
+                raise S3Error("IncompleteBody", "an aws-chunked chunk goes past the announced "
+                              f"length or is over {MAX_CHUNK_BYTES} bytes")
             try:
                 data = await content.readexactly(size) if size else b""
             except Exception:
@@ -133,7 +140,7 @@ class Body:
                 name, _, given = ext.strip().partition("=")
                 expected = sigv4.chunk_signature(self.signed, previous,
                                                  hashlib.sha256(data).hexdigest())
-                if name != "chunk-signature" or given.lower() != expected:
+                if name != "chunk-signature" or not sigv4.same(given.lower(), expected):
                     raise S3Error("SignatureDoesNotMatch",
                                   "a chunk's signature does not match", 403)
                 previous = expected
@@ -151,7 +158,7 @@ class Body:
             try:
                 line = await self._line()
             except S3Error:
-                if self.request.content.at_eof() and not lines:
+                if self.request.content.at_eof() and not lines and not self.announced:
                     return        # no trailer section, and no final CRLF either
                 raise
             if not line:
@@ -164,11 +171,19 @@ class Body:
             name = name.strip().lower()
             if name == "x-amz-trailer-signature":
                 trailer_sig = value.strip().lower()
-            else:
+            elif name in self.announced:
                 self.trailers[name] = value.strip()
                 signed_part += line + b"\n"
+            else:
+                raise S3Error("InvalidRequest", f"trailer {name[:60]} was not announced in "
+                              "x-amz-trailer")
+        missing = self.announced - set(self.trailers)
+        if missing:
+            raise S3Error("IncompleteBody", f"the announced trailer {sorted(missing)[0]} "
+                          "did not come")
         if self.signed.payload == sigv4.STREAMING_SIGNED_TRAILER and self.trailers:
-            if trailer_sig != sigv4.trailer_signature(self.signed, previous, signed_part):
+            if not sigv4.same(trailer_sig or "", sigv4.trailer_signature(
+                    self.signed, previous, signed_part)):
                 raise S3Error("SignatureDoesNotMatch", "the trailer's signature does not "
                               "match", 403)
         self.declared.update((k, v) for k, v in self.trailers.items() if k in _CHECKSUMS)

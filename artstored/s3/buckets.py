@@ -125,6 +125,10 @@ async def head_bucket(request: web.Request) -> web.Response:
 async def delete_bucket(request: web.Request) -> web.Response:
     who = caller(request)
     who.need(R.FILES_WRITE)
+    mode = _store(request).mode
+    if not M.allows(mode, M.UPLOAD):
+        raise S3Error("AccessDenied", f"the element is in mode {mode!r}: its buckets do not "
+                      "change", 403)
     await blocking(_store(request).delete_bucket, target(request).bucket, who.actor)
     return web.Response(status=204)
 
@@ -157,7 +161,7 @@ async def object_lock(request: web.Request) -> web.Response:
 
 def _max_keys(query: dict) -> int:
     raw = query.get("max-keys", str(MAX_KEYS))
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise S3Error("InvalidArgument", "max-keys must be a non-negative integer")
     return min(int(raw), MAX_KEYS)
 

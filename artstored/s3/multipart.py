@@ -17,8 +17,9 @@ from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import modes as M
 from ..streaming import stream_to_writer
-from .app import caller, not_implemented, target
+from .app import answer_when_done, caller, not_implemented, target
 from .body import Body
+from . import objects
 from .objects import etag, user_metadata
 from .xml import S3Error, element, fields, iso_time, response
 
@@ -74,12 +75,12 @@ async def upload_part(request: web.Request) -> web.Response:
     who = caller(request)
     who.need(R.FILES_WRITE)
     if "x-amz-copy-source" in request.headers:
-        raise S3Error("NotImplemented", "UploadPartCopy is not implemented by ArtStore", 501)
+        return await upload_part_copy(request)
     store = request.app[SERVICES].store
     store.require(M.UPLOAD)
     where = target(request)
     raw = where.query.get("partNumber", "")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise S3Error("InvalidArgument", "partNumber must be 1-10000")
     _upload_of(request)
     body = Body(request, who.signed, store.config.max_upload_bytes)
@@ -98,6 +99,65 @@ async def upload_part(request: web.Request) -> web.Response:
     return web.Response(status=200, headers={"ETag": f'"{part["sha256"]}"'})
 
 
+def _copy_range(header: str | None, size: int) -> tuple[int, int]:
+    """(offset, length) of ``x-amz-copy-source-range: bytes=first-last`` (inclusive)."""
+    if header is None:
+        return 0, size
+    text = header.strip()
+    first, sep, last = text.removeprefix("bytes=").partition("-")
+    if not text.startswith("bytes=") or not sep or not all(
+            v.isascii() and v.isdigit() for v in (first, last)):
+        raise S3Error("InvalidArgument", "x-amz-copy-source-range must be bytes=first-last")
+    start, end = int(first), int(last)
+    if start > end or end >= size:
+        raise S3Error("InvalidRange", f"the range {text[:60]} does not fit the source's "
+                      f"{size} bytes", 416)
+    return start, end - start + 1
+
+
+async def upload_part_copy(request: web.Request) -> web.StreamResponse:
+    """UploadPartCopy: a part made of (a range of) a stored object's bytes."""
+    who = caller(request)
+    who.need(R.FILES_READ)
+    store = request.app[SERVICES].store
+    store.require(M.UPLOAD)
+    where = target(request)
+    raw = where.query.get("partNumber", "")
+    if not (raw.isascii() and raw.isdigit()):
+        raise S3Error("InvalidArgument", "partNumber must be 1-10000")
+    _upload_of(request)
+    source = objects.copy_source(request)
+    await request.read()
+
+    def work():
+        with store.view.snapshot() as snap:
+            entry = objects.resolve(snap, source, source.version)
+        offset, length = _copy_range(request.headers.get("x-amz-copy-source-range"),
+                                     entry.size)
+        _, fobj = store.open_content(entry.file_id)
+        writer = _uploads(request).part_writer(where.query["uploadId"], int(raw))
+        try:
+            with fobj:
+                fobj.seek(offset)
+                left = length
+                while left > 0:
+                    chunk = fobj.read(min(4 << 20, left))
+                    if not chunk:
+                        raise S3Error("InternalError", "the source ended early", 500)
+                    writer.write_many([chunk])
+                    left -= len(chunk)
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def render(part):
+        root = element("CopyPartResult")
+        fields(root, ETag=f'"{part["sha256"]}"', LastModified=iso_time(part["at"]))
+        return root, {}
+    return await answer_when_done(request, work, render)
+
+
 def _parse_completion(raw: bytes) -> list[tuple[int, str | None]]:
     try:
         root = ET.fromstring(raw)
@@ -108,7 +168,7 @@ def _parse_completion(raw: bytes) -> list[tuple[int, str | None]]:
     for node in root.findall(f"{ns}Part"):
         number = (node.findtext(f"{ns}PartNumber") or "").strip()
         tag = (node.findtext(f"{ns}ETag") or "").strip().strip('"').lower() or None
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise S3Error("MalformedXML", "each Part needs a PartNumber")
         parts.append((int(number), tag))
     if not parts:
@@ -124,12 +184,15 @@ async def complete(request: web.Request) -> web.Response:
     body = Body(request, who.signed, 4 << 20, hash_here=True)
     raw = b"".join([bytes(p) async for p in body.pieces()])
     body.verify()
-    attr = await blocking(_uploads(request).complete, where.query["uploadId"],
-                          _parse_completion(raw))
-    root = element("CompleteMultipartUploadResult")
-    fields(root, Location=f"/{where.bucket}/{where.key}", Bucket=where.bucket, Key=where.key,
-           ETag=etag(attr))
-    return response(root, headers={"x-amz-version-id": attr["file_id"]})
+    parts = _parse_completion(raw)
+
+    def render(attr):
+        root = element("CompleteMultipartUploadResult")
+        fields(root, Location=f"/{where.bucket}/{where.key}", Bucket=where.bucket,
+               Key=where.key, ETag=etag(attr))
+        return root, {"x-amz-version-id": attr["file_id"]}
+    return await answer_when_done(
+        request, lambda: _uploads(request).complete(where.query["uploadId"], parts), render)
 
 
 async def abort(request: web.Request) -> web.Response:
@@ -141,7 +204,7 @@ async def abort(request: web.Request) -> web.Response:
 
 def _limit(query: dict, name: str) -> int:
     raw = query.get(name, str(MAX_LISTED))
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise S3Error("InvalidArgument", f"{name} must be a non-negative integer")
     return min(int(raw), MAX_LISTED)
 
@@ -152,8 +215,8 @@ async def list_parts(request: web.Request) -> web.Response:
     record = _upload_of(request)
     query = target(request).query
     limit = _limit(query, "max-parts")
-    marker = int(query.get("part-number-marker") or 0) \
-        if (query.get("part-number-marker") or "0").isdigit() else 0
+    raw = query.get("part-number-marker") or "0"
+    marker = int(raw) if raw.isascii() and raw.isdigit() else 0
     parts = sorted((p for p in record["parts"].values() if p["number"] > marker),
                    key=lambda p: p["number"])
     page, truncated = parts[:limit], len(parts) > limit
@@ -184,12 +247,21 @@ async def list_uploads(request: web.Request) -> web.Response:
     records = await blocking(read)
     prefix = query.get("prefix", "")
     after = query.get("key-marker", "")
-    records = [r for r in records if r["key"].startswith(prefix)
-               and r["key"].encode() > after.encode()]
+    after_id = query.get("upload-id-marker", "")
+    # In (key, initiated) order; resume after the marker's upload inside its key.
+    position = None
+    if after and after_id:
+        position = next((i for i, r in enumerate(records)
+                         if (r["key"], r["upload_id"]) == (after, after_id)), None)
+    if position is not None:
+        records = records[position + 1:]
+    else:
+        records = [r for r in records if r["key"].encode() > after.encode()]
+    records = [r for r in records if r["key"].startswith(prefix)]
     limit = _limit(query, "max-uploads")
     page, truncated = records[:limit], len(records) > limit
     root = element("ListMultipartUploadsResult")
-    fields(root, Bucket=where.bucket, KeyMarker=after, UploadIdMarker="", Prefix=prefix,
+    fields(root, Bucket=where.bucket, KeyMarker=after, UploadIdMarker=after_id, Prefix=prefix,
            MaxUploads=limit, IsTruncated=str(truncated).lower())
     if truncated:
         fields(root, NextKeyMarker=page[-1]["key"], NextUploadIdMarker=page[-1]["upload_id"])

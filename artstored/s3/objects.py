@@ -19,6 +19,7 @@ import asyncio
 import base64
 import urllib.parse
 import xml.etree.ElementTree as ET
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 from aiohttp import web
@@ -27,11 +28,12 @@ from ..api import download
 from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import attrs as A
+from ..engine import buckets
 from ..engine import modes as M
 from ..engine.errors import ArtStoreError, FileNotFound, ModeNotAllowed
 from ..engine.store import UploadRequest
 from ..streaming import stream_to_writer
-from .app import caller, not_implemented, target
+from .app import answer_when_done, caller, not_implemented, target
 from .body import Body
 from .xml import S3Error, element, fields, http_time, iso_time, response
 
@@ -152,6 +154,7 @@ async def put_object(request: web.Request) -> web.Response:
     store.require(M.UPLOAD)
     body = Body(request, who.signed, store.config.max_upload_bytes)
     meta = user_metadata(request.headers)
+    _check_name_first(store, where)
     attr = await store_body(request, body, lambda: _upload_request(
         where, request.headers, meta=meta, content_type=request.headers.get("Content-Type"),
         declared_sha256=body.declared_sha256()))
@@ -159,7 +162,15 @@ async def put_object(request: web.Request) -> web.Response:
                                              "x-amz-version-id": attr["file_id"]})
 
 
-def _resolve(snap, where, version: str | None):
+def _check_name_first(store, where) -> None:
+    """NoSuchBucket / InvalidArgument before a byte of the body is read (the engine checks
+    again when it prepares the file)."""
+    buckets.validate_object_key(where.key)
+    with store.view.snapshot() as snap:
+        snap.buckets().require_bucket(where.bucket)
+
+
+def resolve(snap, where, version: str | None):
     """The catalog entry of the object (its newest version, or ``version``)."""
     index = snap.buckets()
     index.require_bucket(where.bucket)
@@ -188,9 +199,11 @@ def _check_dates(request: web.Request, attr: dict) -> None:
         if not raw:
             return None
         try:
-            return parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
+            moment = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
             return None
+        # "-0000" parses without a zone: it is UTC all the same.
+        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
     since = when("If-Unmodified-Since")
     if since is not None and "If-Match" not in request.headers and modified > since:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
@@ -213,7 +226,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
     def open_and_build():
         store.require(M.READ_METADATA if request.method == "HEAD" else M.READ_CONTENT)
         with store.view.snapshot() as snap:
-            entry = _resolve(snap, where, version)
+            entry = resolve(snap, where, version)
         attr = entry.attr
         try:
             _check_dates(request, attr)
@@ -248,7 +261,7 @@ async def get_retention(request: web.Request) -> web.Response:
 
     def read():
         with store.view.snapshot() as snap:
-            return _resolve(snap, target(request), target(request).query.get("versionId"))
+            return resolve(snap, target(request), target(request).query.get("versionId"))
     attr = (await blocking(read)).attr
     until = lock_of(attr, store.mode)
     if until is None:
@@ -335,7 +348,14 @@ async def delete_objects(request: web.Request) -> web.Response:
     return response(result)
 
 
-def _copy_source(request: web.Request):
+class CopySource:
+    """The object ``x-amz-copy-source`` names: /bucket/key, maybe ?versionId=."""
+
+    def __init__(self, bucket: str, key: str, version: str | None):
+        self.bucket, self.key, self.version = bucket, key, version
+
+
+def copy_source(request: web.Request) -> CopySource:
     raw = request.headers["x-amz-copy-source"]
     path, _, query = raw.partition("?")
     path = urllib.parse.unquote(path).lstrip("/")
@@ -343,7 +363,7 @@ def _copy_source(request: web.Request):
     version = dict(urllib.parse.parse_qsl(query)).get("versionId") if query else None
     if not bucket or not key:
         raise S3Error("InvalidArgument", "x-amz-copy-source must be /bucket/key")
-    return bucket, key, version
+    return CopySource(bucket, key, version)
 
 
 async def copy_object(request: web.Request) -> web.Response:
@@ -355,14 +375,12 @@ async def copy_object(request: web.Request) -> web.Response:
     store = _store(request)
     store.require(M.UPLOAD)
     where = target(request)
-    src_bucket, src_key, src_version = _copy_source(request)
-
-    class Source:
-        bucket, key = src_bucket, src_key
+    source = copy_source(request)
+    src_version = source.version
 
     def copy():
         with store.view.snapshot() as snap:
-            entry = _resolve(snap, Source, src_version)
+            entry = resolve(snap, source, src_version)
         attr = entry.attr
         directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
         if directive not in ("COPY", "REPLACE"):
@@ -388,9 +406,11 @@ async def copy_object(request: web.Request) -> web.Response:
             raise
         return store.commit_upload(prepared).result()
     await request.read()
-    attr = await blocking(copy)
-    root = element("CopyObjectResult")
-    fields(root, ETag=etag(attr), LastModified=iso_time(attr["created_at"]))
-    return response(root, headers={"x-amz-version-id": attr["file_id"],
-                                   **({"x-amz-copy-source-version-id": src_version}
-                                      if src_version else {})})
+
+    def render(attr):
+        root = element("CopyObjectResult")
+        fields(root, ETag=etag(attr), LastModified=iso_time(attr["created_at"]))
+        return root, {"x-amz-version-id": attr["file_id"],
+                      **({"x-amz-copy-source-version-id": src_version}
+                         if src_version else {})}
+    return await answer_when_done(request, copy, render)

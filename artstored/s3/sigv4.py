@@ -28,6 +28,11 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 MAX_SKEW = timedelta(minutes=15)
 MAX_PRESIGN_SECONDS = 7 * 86400
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+# x-amz-* headers a client may send without signing them: the payload mode (bound by the
+# canonical request itself) and tracing. Any other unsigned x-amz-* header is refused: it
+# could change what a signed (or presigned) request does, e.g. turn a PUT into a copy.
+UNSIGNED_OK = {"x-amz-content-sha256", "x-amz-decoded-content-length", "x-amzn-trace-id",
+               "x-amz-user-agent", "amz-sdk-invocation-id", "amz-sdk-request"}
 _CRED_RE = re.compile(r"^([^/]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request$")
 
 
@@ -85,8 +90,23 @@ def canonical_headers(headers, names: list[str]) -> str:
             [headers[name]] if name in headers else None
         if values is None:
             raise S3AuthError("AccessDenied", f"signed header {name} is missing")
-        lines.append(name + ":" + ",".join(" ".join(v.split()) for v in values) + "\n")
+        if len(values) > 1:
+            # One signature would cover "a,b" and two headers a / b, read differently.
+            raise S3AuthError("InvalidArgument", f"header {name} is repeated", 400)
+        lines.append(name + ":" + " ".join(values[0].split()) + "\n")
     return "".join(lines)
+
+
+def check_unsigned(headers, signed: list[str]) -> None:
+    """AccessDenied if an ``x-amz-*`` header the signature does not cover came with the
+    request (S3's own rule: "There were headers present in the request which were not
+    signed")."""
+    covered = set(signed)
+    for name in headers:
+        lower = name.lower()
+        if lower.startswith("x-amz-") and lower not in covered and lower not in UNSIGNED_OK:
+            raise S3AuthError("AccessDenied", "There were headers present in the request "
+                              f"which were not signed: {lower[:60]}")
 
 
 def canonical_request(method: str, path: str, pairs, headers, signed: list[str],
@@ -206,6 +226,9 @@ def verify_presigned(method: str, path: str, pairs, headers, region: str, secret
 
 def _check(parsed: SignedRequest, method, path, pairs, headers, signed, region,
            secret_of) -> SignedRequest:
+    if not _HEX64.match(parsed.signature):
+        raise S3AuthError("SignatureDoesNotMatch", "the signature is not 64 hex digits")
+    signed = [name.lower() for name in signed]
     secret = secret_of(parsed.access_key_id)
     if secret is None:
         raise S3AuthError("InvalidAccessKeyId",
@@ -214,12 +237,21 @@ def _check(parsed: SignedRequest, method, path, pairs, headers, signed, region,
     key = signing_key(secret, parsed.date, region)
     expected = hmac.new(key, string_to_sign(parsed.amz_date, parsed.scope,
                                             request_text).encode(), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(expected, parsed.signature):
+    if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
         raise S3AuthError("SignatureDoesNotMatch",
                           "the request signature we calculated does not match the "
                           "signature you provided; check your key and signing method")
+    check_unsigned(headers, signed)
     parsed.signing_key = key
     return parsed
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two signatures (any text; False if either is not ASCII)."""
+    try:
+        return hmac.compare_digest(a.encode("ascii"), b.encode("ascii"))
+    except UnicodeEncodeError:
+        return False
 
 
 def chunk_signature(signed: SignedRequest, previous: str, chunk_sha256: str) -> str:

@@ -52,6 +52,7 @@ _BY_CODE = {
     "invalid_part_order": ("InvalidPartOrder", 400),
     "invalid_part_number": ("InvalidArgument", 400),
     "malformed_parts": ("MalformedXML", 400),
+    "upload_completing": ("OperationAborted", 409),
 }
 _BY_STATUS = {400: "InvalidArgument", 401: "AccessDenied", 403: "AccessDenied",
               404: "NoSuchKey", 409: "OperationAborted", 412: "PreconditionFailed",
