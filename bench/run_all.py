@@ -17,7 +17,7 @@ import shutil
 import time
 
 from . import (catchup, cluster, core, durability, fuse, hostile, mixed, placement,
-               preservation, replication, search, suite, swim)
+               preservation, replication, s3, search, suite, swim)
 
 GOALS = {"upload_ratio": 0.8, "download_cold_ratio": 0.8, "download_warm_ratio": 0.8,
          "ratio_vs_loop": 1.0}
@@ -172,6 +172,11 @@ def main(argv=None) -> int:
             timings["fuzz"] = round(time.monotonic() - started - sum(timings.values()))
         results["suite"] = suite.run(os.path.join(args.work, "suite"), quick=args.quick)
         timings["suite"] = round(time.monotonic() - started - sum(timings.values()))
+        # ArtStore's S3 endpoint ÷ its native API and ÷ Swift's S3 front (s3api); quick:
+        # 4 KiB, 1 MiB and 64 MiB, a few requests each (~1 min).
+        results["s3"] = s3.run(os.path.join(args.work, "s3"), quick=args.quick)
+        timings["s3"] = round(time.monotonic() - started - sum(timings.values()))
+        print("\nS3 endpoint:\n" + s3.report(results["s3"]), flush=True)
     finally:
         shutil.rmtree(args.work, ignore_errors=True)
     results["meta"] = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -194,6 +199,7 @@ def main(argv=None) -> int:
     broken = [f"{part}: could not run" for part, res in results.items()
               if isinstance(res, dict) and res.get("exit") == 2]
     broken += suite.failed(results["suite"])
+    broken += s3.failed(results["s3"])
     if broken:
         print("bench FAILED: " + "; ".join(broken))
         return 1

@@ -12,11 +12,13 @@
 # etcd-server, etcd-client (etcd, etcdctl): the tests of the etcd cluster authority start
 # their own three-member etcd cluster on loopback (tests/etcd_lab.py). rclone, curl: the S3
 # endpoint's tests drive it with rclone (an existing tool, unchanged) and a presigned URL with curl.
+# swift-proxy, swift-account, swift-container, memcached: Swift's own S3 front (s3api), the
+# reference of the S3 benchmark (bench/s3.py, in make test's quick run).
 set -euo pipefail
 packages=(fuse3 libfuse3-dev pkg-config gcc python3-venv python3-dev attr rsync mandoc
           swift-object nginx-light prometheus util-linux mount e2fsprogs xfsprogs systemd make
           iproute2 nftables etcd-server etcd-client
-          rclone curl)
+          rclone curl swift-proxy swift-account swift-container memcached)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,6 +36,11 @@ fi
 # Debian starts the nginx and prometheus it installs; we need only their binaries.
 for service in nginx prometheus; do
   $sudo systemctl disable --now "$service" >/dev/null 2>&1 || $sudo pkill -x "$service" || true
+done
+# Likewise memcached and Swift's services: the S3 benchmark starts its own on free ports.
+# (No pkill fallback: it would also kill those of a benchmark in progress.)
+for service in memcached swift-proxy swift-account swift-container swift-object; do
+  $sudo systemctl disable --now "$service" >/dev/null 2>&1 || true
 done
 # Likewise the etcd it enables on port 2379: the tests start their own members on free
 # ports. (No pkill fallback: it would also kill the members of a test run in progress.)

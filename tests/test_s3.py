@@ -555,3 +555,118 @@ def test_buckets_and_keys_come_back_from_the_sidecars_alone(tmp_path):
             assert index.versions("kept-bucket", "dir/f") == ids
             page = index.list("kept-bucket", delimiter="/")
             assert (page.keys, page.prefixes) == ([], ["dir/"])
+
+
+def _chunked_put(daemon, path: str, chunks: list[bytes], *, spoil: int | None = None):
+    """A PUT in aws-chunked form with signed chunks (STREAMING-AWS4-HMAC-SHA256-PAYLOAD):
+    headers signed by botocore's signer, each chunk's signature chained from the seed (the
+    chaining is checked against AWS's published example above). ``spoil``: the index of a
+    chunk whose bytes change after it was signed."""
+    creds = Credentials(daemon.key["access_key_id"], daemon.key["secret_access_key"])
+    total = sum(len(c) for c in chunks)
+    request = AWSRequest(method="PUT", url=daemon.s3_url + path, headers={
+        "x-amz-content-sha256": sigv4.STREAMING_SIGNED, "Content-Encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(total)})
+    SigV4Auth(creds, "s3", REGION).add_auth(request)
+    auth = request.headers["Authorization"]
+    seed = auth.rsplit("Signature=", 1)[1]
+    amz_date = request.headers["X-Amz-Date"]
+    signed = sigv4.SignedRequest(
+        access_key_id=daemon.key["access_key_id"], date=amz_date[:8], amz_date=amz_date,
+        scope=f"{amz_date[:8]}/{REGION}/s3/aws4_request", signature=seed,
+        payload=sigv4.STREAMING_SIGNED,
+        signing_key=sigv4.signing_key(daemon.key["secret_access_key"], amz_date[:8], REGION))
+    body, previous = b"", seed
+    for i, chunk in enumerate([*chunks, b""]):
+        sig = sigv4.chunk_signature(signed, previous, hashlib.sha256(chunk).hexdigest())
+        sent = b"X" * len(chunk) if i == spoil else chunk
+        body += f"{len(chunk):x};chunk-signature={sig}\r\n".encode() + sent + b"\r\n"
+        previous = sig
+    parsed = urllib.parse.urlsplit(daemon.s3_url)
+    conn = http.client.HTTPConnection(parsed.hostname, parsed.port)
+    conn.request("PUT", path, body=body, headers=dict(request.headers.items()))
+    answer = conn.getresponse()
+    return answer.status, answer.read().decode()
+
+
+def test_aws_chunked_uploads_are_checked_chunk_by_chunk(rw):
+    rw.s3.create_bucket(Bucket="chunked")
+    chunks = [os.urandom(65536), os.urandom(65536), os.urandom(1000)]
+    status, text = _chunked_put(rw, "/chunked/whole", chunks)
+    assert status == 200, text
+    got = rw.s3.get_object(Bucket="chunked", Key="whole")["Body"].read()
+    assert got == b"".join(chunks)
+    before = len(objects_files(rw.data_dir))
+    status, text = _chunked_put(rw, "/chunked/spoiled", chunks, spoil=1)
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in text
+    assert len(objects_files(rw.data_dir)) == before
+    with pytest.raises(botocore.exceptions.ClientError):
+        rw.s3.head_object(Bucket="chunked", Key="spoiled")
+
+
+def test_a_long_copy_is_answered_at_once_and_kept_alive(monkeypatch):
+    """answer_when_done (CompleteMultipartUpload, CopyObject) on a real aiohttp server: past
+    a moment the 200 goes out, then spaces, then the result, or an S3 Error document."""
+    import asyncio
+    import time as _time
+    import xml.etree.ElementTree as ET
+
+    import aiohttp
+    from aiohttp import web
+
+    from artstored.s3 import app as s3app
+    from artstored.s3.xml import S3Error, element
+
+    monkeypatch.setattr(s3app, "QUICK_SECONDS", 0.05)
+    monkeypatch.setattr(s3app, "KEEPALIVE_SECONDS", 0.05)
+
+    def render(value):
+        root = element("Result")
+        root.text = value
+        return root, {}
+
+    async def slow_ok(request):
+        return await s3app.answer_when_done(request, lambda: _time.sleep(0.3) or "done",
+                                            render)
+
+    async def slow_failure(request):
+        def work():
+            _time.sleep(0.3)
+            raise S3Error("InvalidPart", "part 2 was not uploaded")
+        return await s3app.answer_when_done(request, work, render)
+
+    class Where:
+        path = "/b/k"
+
+    @web.middleware
+    async def context(request, handler):
+        request[s3app.S3_CONTEXT] = (None, Where)
+        return await handler(request)
+
+    async def main():
+        application = web.Application(middlewares=[context])
+        application.router.add_get("/ok", slow_ok)
+        application.router.add_get("/fails", slow_failure)
+        runner = web.AppRunner(application)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                out = {}
+                for name in ("ok", "fails"):
+                    async with session.get(f"http://127.0.0.1:{port}/{name}") as resp:
+                        out[name] = (resp.status, await resp.read())
+                return out
+        finally:
+            await runner.cleanup()
+
+    out = asyncio.run(main())
+    status, body = out["ok"]
+    head, _, rest = body.partition(b"\n")
+    assert status == 200 and head.startswith(b"<?xml")
+    assert rest.startswith(b" ") and ET.fromstring(rest.strip()).text == "done"
+    status, body = out["fails"]
+    error = ET.fromstring(body.partition(b"\n")[2].strip())
+    assert status == 200 and error.tag == "Error"
+    assert error.findtext("Code") == "InvalidPart"

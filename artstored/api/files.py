@@ -67,20 +67,28 @@ async def answer_stored(svc, attr: dict, seq: int, ack: str | None) -> web.Respo
     in a cluster: the record, and which nodes hold it. QuorumNotReached (503) otherwise;
     the file stays stored here either way."""
     location = f"/api/v1/files/{attr['file_id']}"
-    body = attr
-    if svc.cluster is not None:
-        ack = ack or svc.config["replication.ack"]
-        if svc.cluster.membership is None and ack != "local":
+    holders = await replicate_stored(svc, attr, seq, ack)
+    body = attr if holders is None else {**attr, "replicas": holders}
+    return json_response(body, status=201,
+                         headers={"Location": location, "ETag": metadata_etag(attr)})
+
+
+async def replicate_stored(svc, attr: dict, seq: int, ack: str | None) -> list | None:
+    """In a cluster, wait until ``ack`` (or the configured one) is met for a file just
+    committed here and return the nodes holding it; None outside a cluster. Raises
+    QuorumNotReached (503; the file stays stored here and is replicated later)."""
+    if svc.cluster is None:
+        return None
+    ack = ack or svc.config["replication.ack"]
+    if svc.cluster.membership is None:
+        if ack != "local":
             # Waiting to join (or taken off the roster): there is nobody to copy it to.
             raise QuorumNotReached(
                 f"stored durably here; this node is not on the cluster's roster, so "
                 f"ack={ack} cannot be met yet", file_id=attr["file_id"],
                 holders=[svc.cluster.id])
-        holders = await svc.cluster.replicator.replicate_upload(attr, seq, ack) \
-            if svc.cluster.membership is not None else [svc.cluster.id]
-        body = {**attr, "replicas": holders}
-    return json_response(body, status=201,
-                         headers={"Location": location, "ETag": metadata_etag(attr)})
+        return [svc.cluster.id]
+    return await svc.cluster.replicator.replicate_upload(attr, seq, ack)
 
 
 @requires(R.USER, R.FILES_READ)

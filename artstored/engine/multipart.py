@@ -131,7 +131,7 @@ class MultipartUploads:
         # Serialises record updates of parts (read-modify-write of one record) and marks.
         self.lock = threading.Lock()
         self._completing: set[str] = set()
-        self._completed: dict[str, tuple[float, dict]] = {}   # for a retried Complete
+        self._completed: dict[str, tuple[float, tuple]] = {}   # for a retried Complete
 
     def _roots(self) -> list[str]:
         return [os.path.join(d.root, DIRECTORY) for d in self.store.disks]
@@ -220,11 +220,12 @@ class MultipartUploads:
             txn.delete(upload_id.encode(), db=self._db())
         shutil.rmtree(directory, ignore_errors=True)
 
-    def complete(self, upload_id: str, parts: list[tuple[int, str | None]]) -> dict:
+    def complete(self, upload_id: str,
+                 parts: list[tuple[int, str | None]]) -> tuple[dict, int]:
         """Make one file of the named parts (ascending part numbers; each ``sha256`` as
-        the part's answer gave it, or None to skip that check) and return its attr once it
-        is durable; the upload is then gone (a second Complete of it, within an hour, gets
-        the same attr). One Complete at a time: parts, aborts and expiry of the upload wait
+        the part's answer gave it, or None to skip that check) and return its attr and WAL
+        sequence once it is durable; the upload is then gone (a second Complete of it,
+        within an hour, gets the same answer). One Complete at a time: parts, aborts and expiry of the upload wait
         for it (Conflict ``upload_completing``). InvalidPart (also when a part's file no
         longer hashes to its record), PartTooSmall, ValidationError; and what an upload
         raises (ModeNotAllowed, StorageFull, ...), the upload kept."""
@@ -252,14 +253,14 @@ class MultipartUploads:
             except BaseException:
                 writer.abort()
                 raise
-            attr = self.store.commit_upload(prepared).result()
+            answer = self.store.commit_upload(prepared).result(), prepared.seq
             with self.lock:
                 now = time.time()
                 self._completed = {k: v for k, v in self._completed.items()
                                    if now - v[0] < 3600}
-                self._completed[upload_id] = (now, attr)
+                self._completed[upload_id] = (now, answer)
                 self._forget(upload_id)
-            return attr
+            return answer
         finally:
             with self.lock:
                 self._completing.discard(upload_id)

@@ -192,22 +192,33 @@ KEEPALIVE_SECONDS = 5.0
 QUICK_SECONDS = 2.0
 
 
-async def answer_when_done(request: web.Request, work, render) -> web.StreamResponse:
+async def answer_when_done(request: web.Request, work, render,
+                           after=None) -> web.StreamResponse:
     """Run ``work()`` (blocking) and answer ``render(result)`` → (XML root, headers). If it
     takes longer than a moment, answer 200 at once and send a space every few seconds
     until it is done, then the result, or an S3 Error document (as S3 itself does for
     CompleteMultipartUpload and CopyObject; clients read an Error inside a 200): a client's
-    read timeout never cuts a long copy and makes it retry."""
+    read timeout never cuts a long copy and makes it retry. ``after(result)``, if given, is
+    awaited before the answer (the replication a cluster's ack asks for)."""
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()
     future = loop.run_in_executor(_LONG_WORK, context.run, work)
     done, _ = await asyncio.wait([future], timeout=QUICK_SECONDS)
     if done:
-        root, headers = render(future.result())
+        result = future.result()
+        if after is not None:
+            await after(result)
+        root, headers = render(result)
         return response(root, headers=headers)
     answer = web.StreamResponse(status=200, headers={"Content-Type": XML_TYPE})
     await answer.prepare(request)
     await answer.write(b'<?xml version="1.0" encoding="UTF-8"?>\n')
+    if after is not None:
+        async def finish(working):
+            result = await working
+            await after(result)
+            return result
+        future = asyncio.ensure_future(finish(future))
     while not future.done():
         await asyncio.wait([future], timeout=KEEPALIVE_SECONDS)
         if not future.done():

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 from aiohttp import web
 
+from ..api.files import replicate_stored
 from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import modes as M
@@ -186,13 +187,15 @@ async def complete(request: web.Request) -> web.Response:
     body.verify()
     parts = _parse_completion(raw)
 
-    def render(attr):
+    def render(done):
+        attr, _ = done
         root = element("CompleteMultipartUploadResult")
         fields(root, Location=f"/{where.bucket}/{where.key}", Bucket=where.bucket,
                Key=where.key, ETag=etag(attr))
         return root, {"x-amz-version-id": attr["file_id"]}
     return await answer_when_done(
-        request, lambda: _uploads(request).complete(where.query["uploadId"], parts), render)
+        request, lambda: _uploads(request).complete(where.query["uploadId"], parts), render,
+        after=lambda done: replicate_stored(request.app[SERVICES], done[0], done[1], None))
 
 
 async def abort(request: web.Request) -> web.Response:

@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from aiohttp import web
 
 from ..api import download
+from ..api.files import replicate_stored
 from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import attrs as A
@@ -91,8 +92,9 @@ def _upload_request(where, headers, *, meta: dict, content_type: str | None,
 
 async def store_body(request: web.Request, body: Body, make_request) -> dict:
     """Stream ``body`` into a new file and commit it once every check passed; returns the
-    attr. ``make_request()`` builds the UploadRequest after the body (a trailer may declare
-    the SHA-256). Nothing is kept when anything fails."""
+    attr once it is durable here (and, in a cluster, on as many nodes as replication.ack
+    asks). ``make_request()`` builds the UploadRequest after the body (a trailer may declare
+    the SHA-256). Nothing is kept when a check fails."""
     store = _store(request)
     writer = None
     try:
@@ -112,7 +114,9 @@ async def store_body(request: web.Request, body: Body, make_request) -> dict:
         if writer is not None:
             writer.abort()
         raise
-    return await asyncio.wrap_future(store.commit_upload(prepared))
+    attr = await asyncio.wrap_future(store.commit_upload(prepared))
+    await replicate_stored(request.app[SERVICES], attr, prepared.seq, None)
+    return attr
 
 
 def _object_headers(attr: dict, mode: str, *, checksum: bool) -> dict:
@@ -404,13 +408,17 @@ async def copy_object(request: web.Request) -> web.Response:
         except BaseException:
             writer.abort()
             raise
-        return store.commit_upload(prepared).result()
+        attr = store.commit_upload(prepared).result()
+        return attr, prepared.seq
     await request.read()
 
-    def render(attr):
+    def render(done):
+        attr, _ = done
         root = element("CopyObjectResult")
         fields(root, ETag=etag(attr), LastModified=iso_time(attr["created_at"]))
         return root, {"x-amz-version-id": attr["file_id"],
                       **({"x-amz-copy-source-version-id": src_version}
                          if src_version else {})}
-    return await answer_when_done(request, copy, render)
+    return await answer_when_done(
+        request, copy, render,
+        after=lambda done: replicate_stored(request.app[SERVICES], done[0], done[1], None))
