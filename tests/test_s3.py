@@ -670,3 +670,32 @@ def test_a_long_copy_is_answered_at_once_and_kept_alive(monkeypatch):
     error = ET.fromstring(body.partition(b"\n")[2].strip())
     assert status == 200 and error.tag == "Error"
     assert error.findtext("Code") == "InvalidPart"
+
+
+def test_read_only_and_archived_elements_refuse_with_s3_errors(tmp_path):
+    d = _s3_daemon(tmp_path / "node")
+    try:
+        s3 = _client(d, _new_key(d))
+        s3.create_bucket(Bucket="frozen")
+        s3.put_object(Bucket="frozen", Key="kept", Body=b"kept")
+        for mode in ("ro", "ar"):
+            r = d.api().request("PUT", "/api/v1/element/mode", json_body={"mode": mode})
+            assert r.status == 200, r.body
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                s3.put_object(Bucket="frozen", Key="new", Body=b"x")
+            assert _code(info) == "AccessDenied"
+            assert f"'{mode}'" in info.value.response["Error"]["Message"]
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                s3.create_bucket(Bucket="another")
+            assert _code(info) == "AccessDenied"
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                s3.delete_bucket(Bucket="frozen")
+            assert _code(info) == "AccessDenied"
+            assert s3.head_object(Bucket="frozen", Key="kept")["ContentLength"] == 4
+        # Archived: the content is offline; its metadata is not.
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            s3.get_object(Bucket="frozen", Key="kept")
+        assert _code(info) == "AccessDenied"
+        assert [c["Key"] for c in s3.list_objects_v2(Bucket="frozen")["Contents"]] == ["kept"]
+    finally:
+        d.kill()

@@ -237,8 +237,9 @@ async def get_object(request: web.Request) -> web.StreamResponse:
         except _NotModified:
             return web.Response(status=304, headers={"ETag": etag(attr)})
         if request.method == "HEAD" and store.mode == M.AR:
-            built = web.Response(status=200, headers={"Accept-Ranges": "bytes",
-                                                      "Content-Type": attr["content_type"]})
+            # Archived: the content is offline, its size and metadata are not.
+            built = web.StreamResponse(status=200, headers={
+                "Accept-Ranges": "bytes", "Content-Type": attr["content_type"]})
             built.content_length = attr["file_size"]
         else:
             _, fobj = store.open_content(attr["file_id"])
