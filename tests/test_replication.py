@@ -445,6 +445,26 @@ def test_cluster_search_finds_files_held_elsewhere_once(cluster):
     assert len(ids) == len(set(ids)) and page["next_cursor"] is None
     assert fid not in [i["file_id"] for i in reader.get(f"/api/v1/search?q={word}").json()
                        ["items"]]
+    # Paged in creation order: every file once, in the order of the one-page answer.
+    for k in range(7):
+        more = c.api(k % 2).request(
+            "POST", "/api/v1/files?ack=quorum",
+            **_multipart_with(f"{word} more {k}".encode(), {"description": f"{word} {k}"}))
+        assert more.status == 201, more.body
+    wait_until(lambda: len(reader.get(f"/api/v1/search?q={word}&scope=cluster&limit=100")
+                           .json()["items"]) >= 8, 10, "the new files found cluster-wide")
+    whole = [i["file_id"] for i in reader.get(
+        f"/api/v1/search?q={word}&scope=cluster&sort=created_at&limit=100").json()["items"]]
+    paged, cursor = [], None
+    for _ in range(50):
+        page = reader.get(f"/api/v1/search?q={word}&scope=cluster&sort=created_at&limit=3"
+                          + (f"&cursor={cursor}" if cursor else "")).json()
+        assert len(page["items"]) <= 3
+        paged += [i["file_id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert paged == whole and len(whole) == len(set(whole)) >= 8
     r = reader.get(f"/api/v1/search?q={word}&scope=cluster&cursor=kd5")
     assert r.status == 400 and r.problem["code"] == "invalid_cursor"
     assert reader.get(f"/api/v1/search?q={word}&scope=galaxy").status == 400

@@ -3,13 +3,15 @@
 Parameters: ``q`` (Tantivy syntax), ``created_from``, ``created_to`` (ISO 8601),
 ``content_type``, ``created_by``, ``size_min``, ``size_max``, ``attr.<key>=<value>`` (exact),
 ``sort`` (``relevance`` | ``created_at``), ``order`` (``desc`` | ``asc``), ``limit`` (1-1000,
-default 20), ``cursor``. Answer: ``{"items": [attr + score + snippets], "next_cursor",
-"total_hits"}``. Records come from the catalog, so they are always current; a hit whose file
+default 20), ``cursor``, ``scope`` (``local`` | ``cluster``: every member's hits merged,
+paged by a cluster cursor; ``cluster.search``). Answer: ``{"items": [attr + score +
+snippets], "next_cursor", "total_hits"}``. Records come from the catalog, so they are always current; a hit whose file
 was deleted a moment ago is left out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from aiohttp import web
@@ -58,7 +60,8 @@ def parse_request(query) -> SearchRequest:
     if "limit" in query:
         req.limit = _int_param("limit", query["limit"], 1, MAX_LIMIT, "invalid_limit")
     req.cursor = query.get("cursor") or None
-    if req.cursor is not None and not _cursor_ok(req.cursor):
+    cluster_cursor = query.get("scope") == "cluster" and req.cursor is not None
+    if req.cursor is not None and not cluster_cursor and not _cursor_ok(req.cursor):
         raise BadRequest(f"invalid cursor {req.cursor[:60]!r}", code="invalid_cursor")
     return req
 
@@ -112,18 +115,23 @@ async def search(request: web.Request) -> web.Response:
     scope = request.query.get("scope", "local")
     if scope not in ("local", "cluster"):
         raise BadRequest("scope must be local or cluster", code="invalid_scope")
-    if scope == "cluster" and req.cursor is not None:
-        raise BadRequest("cluster-wide results are one page: a cursor belongs to one node",
-                         code="invalid_cursor")
-    local = await blocking(run_search, svc, req)
-    if scope == "local" or svc.cluster is None or svc.cluster.membership is None:
-        return json_response(local)
+    in_cluster = scope == "cluster" and svc.cluster is not None and \
+        svc.cluster.membership is not None
+    if not in_cluster:
+        if scope == "cluster" and req.cursor is not None:
+            raise BadRequest("this node is not in a cluster: no cluster cursor applies",
+                             code="invalid_cursor")
+        return json_response(await blocking(run_search, svc, req))
+
+    async def ask_local(node_cursor: str | None, node_limit: int) -> dict:
+        return await blocking(run_search, svc, dataclasses.replace(
+            req, cursor=node_cursor, limit=node_limit))
     query = [(k, v) for k, v in request.query.items() if k != "scope"]
     return json_response(await cluster_search.fan_out(
         svc.cluster, svc.cluster.replicator.session, query,
-        request.headers.get("Authorization", ""), local,
-        sort=req.sort or ("relevance" if req.q else "created_at"), order=req.order,
-        limit=req.limit))
+        request.headers.get("Authorization", ""), ask_local,
+        sort=req.effective_sort, order=req.order, limit=req.limit, cursor=req.cursor,
+        node_cursor_ok=_cursor_ok))
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -11,6 +11,7 @@ Every failure is an ``S3AuthError`` carrying the S3 error code a client expects.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -58,13 +59,26 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode("utf-8"), hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=1024)
 def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
+    """The day's key (four HMACs); kept for the day's later requests."""
     key = _hmac(("AWS4" + secret).encode("utf-8"), date)
     return _hmac(_hmac(_hmac(key, region), service), "aws4_request")
 
 
+_UNRESERVED = re.compile(r"^[A-Za-z0-9\-_.~]*$")
+
+
+@functools.lru_cache(maxsize=8192)
 def _encode(text: str, safe: str = "") -> str:
+    # Cached: a client sends the same names, credential scopes and keys again and again.
+    if _UNRESERVED.match(text):
+        return text
     return urllib.parse.quote(text, safe="-_.~" + safe)
+
+
+def _unquote(text: str) -> str:
+    return urllib.parse.unquote(text) if "%" in text else text
 
 
 def parse_query(raw_query: str) -> list[tuple[str, str]]:
@@ -74,7 +88,7 @@ def parse_query(raw_query: str) -> list[tuple[str, str]]:
         if not part:
             continue
         name, _, value = part.partition("=")
-        pairs.append((urllib.parse.unquote(name), urllib.parse.unquote(value)))
+        pairs.append((_unquote(name), _unquote(value)))
     return pairs
 
 
@@ -120,10 +134,16 @@ def string_to_sign(amz_date: str, scope: str, request_text: str) -> str:
                       hashlib.sha256(request_text.encode("utf-8")).hexdigest()))
 
 
+_AMZ_DATE = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$", re.ASCII)
+
+
 def _parse_time(amz_date: str) -> datetime:
+    m = _AMZ_DATE.match(amz_date or "")
     try:
-        return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
-    except (ValueError, TypeError):
+        if m is None:
+            raise ValueError
+        return datetime(*map(int, m.groups()), tzinfo=timezone.utc)
+    except ValueError:
         raise S3AuthError("AccessDenied", f"X-Amz-Date {str(amz_date)[:30]!r} is not "
                           "yyyymmddThhmmssZ") from None
 
