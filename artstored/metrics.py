@@ -169,7 +169,9 @@ def _cluster_metrics(cluster):
                 ("artstore_replication_push_failures", "push_failures",
                  "Pushes that did not end durable on the peer"),
                 ("artstore_replication_pull_failures", "pull_failures",
-                 "Fetched replicas refused (size, checksum, signature)")):
+                 "Fetched replicas refused (size, checksum, signature)"),
+                ("artstore_replication_changes_refused", "changes_refused",
+                 "Changes in a peer's feed refused: not signed by the node that made them")):
             yield CounterMetricFamily(name, doc, value=rep.stats[key])
         last = rep.repairer.last_full_pass or {}
         yield GaugeMetricFamily("artstore_replication_last_full_pass_timestamp_seconds",

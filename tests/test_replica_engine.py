@@ -122,8 +122,10 @@ def test_concurrent_patches_resolve_the_same_everywhere_and_the_loser_is_kept(pa
     on_a = a.patch(attr["file_id"], {"description": "from a"}, ALICE)
     on_b = b.patch(attr["file_id"], {"description": "from b"}, BOB)
     assert on_a["version"] == on_b["version"] == 2
-    results = (R.apply_update(a, on_b, origin={"node": "b", "seq": 5}),
-               R.apply_update(b, on_a, origin={"node": "a", "seq": 5}))
+    results = (R.apply_update(a, on_b, origin={"node": "b", "seq": 5},
+                              verify_signature=keys_of(a, b)),
+               R.apply_update(b, on_a, origin={"node": "a", "seq": 5},
+                              verify_signature=keys_of(a, b)))
     assert sorted(results) == [R.APPLIED, R.SUPERSEDED]
     final_a, final_b = a.get(attr["file_id"]).attr, b.get(attr["file_id"]).attr
     assert final_a == final_b
@@ -135,7 +137,53 @@ def test_concurrent_patches_resolve_the_same_everywhere_and_the_loser_is_kept(pa
             if r["state"] == W.ROLLED_BACK]
     assert len(kept) == 1 and kept[0]["data"]["attr"]["description"] != winner["description"]
     # Again: nothing changes.
-    assert R.apply_update(a, final_b, origin={"node": "b", "seq": 6}) == R.ALREADY
+    assert R.apply_update(a, final_b, origin={"node": "b", "seq": 6},
+                          verify_signature=keys_of(a, b)) == R.ALREADY
+
+
+def keys_of(*stores):
+    """A verifier that knows these stores' node keys (as a cluster document gives them)."""
+    keys = {s.node.node_id: bytes(s.node.key.verify_key) for s in stores}
+
+    def verify(payload, signature):
+        key = keys.get(signature.get("key_id"))
+        return key is not None and verify_signature(key, payload, signature)
+    return verify
+
+
+def test_a_record_altered_on_its_way_is_refused(pair):
+    """Every version of a record is signed whole by the node that made it: a node relaying
+    it cannot change a description, an attribute or a delete's target unnoticed."""
+    a, b = pair
+    attr = upload(a, b"signed whole")
+    copy_to(a, b, attr, b"signed whole")
+    changed = a.patch(attr["file_id"], {"description": "the real change"}, ALICE)
+    forged = dict(changed, description="a forged change")
+    with pytest.raises(R.ReplicaRefused):
+        R.apply_update(b, forged, origin={"node": "a", "seq": 7}, verify_signature=keys_of(a))
+    unsigned = {k: v for k, v in changed.items() if k != "change_signature"}
+    with pytest.raises(R.ReplicaRefused):
+        R.apply_update(b, unsigned, origin={"node": "a", "seq": 7},
+                       verify_signature=keys_of(a))
+    # Signed by a node the verifier does not know: refused as well.
+    with pytest.raises(R.ReplicaRefused):
+        R.apply_update(b, changed, origin={"node": "a", "seq": 7}, verify_signature=keys_of(b))
+    assert b.get(attr["file_id"]).attr["description"] == ""
+    assert R.apply_update(b, changed, origin={"node": "a", "seq": 7},
+                          verify_signature=keys_of(a)) == R.APPLIED
+    # A new file whose description was altered after its upload is refused too.
+    other = upload(a, b"fresh")
+    with pytest.raises(R.ReplicaRefused):
+        copy_to(a, b, dict(other, description="slipped in"), b"fresh")
+    # A delete carries its origin's signature of exactly that file id.
+    a.delete(other["file_id"], ALICE, check_mode=False)
+    [delete] = [r for r in records(a, W.FILE_DELETE) if r["file_id"] == other["file_id"]]
+    sig = delete["data"]["origin_sig"]
+    node = a.node.node_id
+    assert R.delete_signed(other["file_id"], node, sig, keys_of(a))
+    assert not R.delete_signed(attr["file_id"], node, sig, keys_of(a))
+    assert not R.delete_signed(other["file_id"], b.node.node_id, sig, keys_of(a, b))
+    assert not R.delete_signed(other["file_id"], node, None, keys_of(a))
 
 
 def test_peer_cursors_only_move_forward(pair):

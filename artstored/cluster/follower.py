@@ -172,6 +172,13 @@ class FeedFollower:
             # nothing (every apply is idempotent).
             log.exception("saving the cursor of %s failed", peer)
 
+    def _refused(self, peer: str, record: dict, why: str) -> None:
+        """A change in ``peer``'s feed that this node will not apply: counted and logged
+        (a relaying node altered it, or forged it); the follower goes on."""
+        self.stats["changes_refused"] += 1
+        log.warning("refused %s of %s from %s (record %s): %s", record.get("kind"),
+                    record.get("file_id"), peer, record.get("seq"), why)
+
     async def _fetch_changes(self, peer: str, after: int) -> dict:
         address = self.cluster.doc.address(peer)
         blob = self.cluster.sign_for(peer, {"t": "changes", "after": after, "limit": FEED_LIMIT,
@@ -189,14 +196,25 @@ class FeedFollower:
         if record.get("state") != W.COMMITTED:
             return
         kind, file_id, data = record.get("kind"), record.get("file_id"), record.get("data") or {}
-        origin = data.get("origin") or {"node": peer, "seq": record["seq"]}
+        origin = data.get("origin") or {"node": peer, "seq": record["seq"],
+                                        "sig": data.get("origin_sig")}
         loop = asyncio.get_running_loop()
         if kind == W.FILE_UPDATE and isinstance(data.get("attr"), dict):
-            result = await loop.run_in_executor(None, lambda: R.apply_update(
-                self.store, data["attr"], origin=origin))
+            try:
+                result = await loop.run_in_executor(None, lambda: R.apply_update(
+                    self.store, data["attr"], origin=origin,
+                    verify_signature=self.verify_origin))
+            except R.ReplicaRefused as exc:
+                self._refused(peer, record, exc.detail)
+                return
             if result == R.APPLIED:
                 self.stats["updates_applied"] += 1
         elif kind == W.FILE_DELETE and file_id:
+            if not R.delete_signed(file_id, origin.get("node"), origin.get("sig"),
+                                   self.verify_origin):
+                self._refused(peer, record, "the delete is not signed by the node it names "
+                                            "as its origin")
+                return
             actor = W.Actor(**{k: (record.get("actor") or {}).get(k, "system")
                                for k in ("id", "name")})
             result = await loop.run_in_executor(None, lambda: R.apply_delete(

@@ -321,8 +321,15 @@ class Repairer:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, KeyError,
                 ArtStoreError):
             return 0
-        result = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: R.apply_update(self.store, attr, origin={"node": peer, "seq": None}))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: R.apply_update(self.store, attr,
+                                             origin={"node": peer, "seq": None},
+                                             verify_signature=self.replicator.verify_origin))
+        except R.ReplicaRefused as exc:
+            log.warning("anti-entropy: %s offered a record of %s that is refused: %s", peer,
+                        file_id, exc.detail)
+            return 0
         return 1 if result == R.APPLIED else 0
 
     async def _ask(self, peer: str, message: dict) -> dict | None:

@@ -67,7 +67,8 @@ class Replicator(FeedFollower):
         self.repairer = Repairer(self, config["replication.repair_interval_seconds"],
                                  config["replication.tombstone_days"])
         self.stats = {"pushed": 0, "push_failures": 0, "pulled": 0, "pull_failures": 0,
-                      "updates_applied": 0, "deletes_applied": 0, "records_passed_by": 0}
+                      "updates_applied": 0, "deletes_applied": 0, "records_passed_by": 0,
+                      "changes_refused": 0}
 
     # --- life -------------------------------------------------------------------------------
 

@@ -22,6 +22,9 @@ Schema v2.0 (what ``encode`` writes)::
     expires_at          ISO 8601 UTC, or null for permanent files
     updated_at, updated_by_id, updated_by_username     last metadata change (or null)
     signature           {"alg": "Ed25519", "key_id", "value"} over ``fixity_payload``
+    change_signature    the same, over ``record_payload``: the whole record as it is now,
+                        signed by the node that made this version (its upload or its PATCH),
+                        so that no node that relays a record can change it unnoticed
 
 A v1.0 file (no ``schema_version``, no ``custom_attributes``) is read and migrated in memory
 by ``decode``; it is written as v2.0 at its next change. The whole document is at most
@@ -55,7 +58,7 @@ FIELD_ORDER = (
     "content_type", "created_at", "created_by_id", "created_by_username", "description",
     "version", "checksum_sha256", "custom_attributes", "bucket", "object_key", "xxh3_128", "origin_node",
     "retention_policy", "expires_at", "updated_at", "updated_by_id", "updated_by_username",
-    "signature",
+    "signature", "change_signature",
 )
 REQUIRED_FIELDS = ("file_id", "original_filename", "storage_filename", "file_size",
                    "created_at", "checksum_sha256")
@@ -234,6 +237,19 @@ def fixity_payload(attr: dict) -> bytes:
             ("file_id", "file_size", "checksum_sha256", "created_at", "origin_node")}
     return json.dumps(core, sort_keys=True, separators=(",", ":"),
                       ensure_ascii=False).encode("utf-8")
+
+
+def record_payload(attr: dict) -> bytes:
+    """The canonical bytes of the whole record but its ``change_signature`` (sorted keys,
+    no spaces, UTF-8): what the node that made this version signs."""
+    core = {k: v for k, v in attr.items() if k != "change_signature"}
+    return json.dumps(core, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def delete_payload(file_id: str) -> bytes:
+    """What the node that takes a client's delete signs (carried by the delete's record)."""
+    return json.dumps({"delete": file_id}, separators=(",", ":")).encode("utf-8")
 
 
 def apply_merge_patch(target, patch):

@@ -66,6 +66,10 @@ def prepare_replica(store, writer, attr: dict, *, origin: dict,
     if not isinstance(signature, dict) or not verify_signature(A.fixity_payload(attr),
                                                                 signature):
         raise ReplicaRefused(f"replica of {file_id}: the origin's signature does not verify")
+    if "change_signature" in attr or (attr.get("version") or 1) > 1:
+        # The whole record as its maker signed it (a record of an older version of the
+        # software has none at version 1; any later version must have one).
+        require_change_signed(attr, verify_signature)
     try:
         created = A.parse_time(attr["created_at"])
         # The on-disk name is not signed: it must be the one this node would make from the
@@ -90,11 +94,31 @@ def _rank(attr: dict) -> tuple:
             attr.get("updated_by_id") or "")
 
 
-def apply_update(store, attr: dict, *, origin: dict) -> str:
-    """Apply another node's metadata change (its whole new attr). Returns ``applied``,
+def require_change_signed(attr: dict, verify_signature: Callable[[bytes, dict], bool]) -> None:
+    """ReplicaRefused unless ``attr`` carries its maker's signature of the whole record
+    (``change_signature`` over ``attrs.record_payload``) and it verifies."""
+    signature = attr.get("change_signature")
+    if not isinstance(signature, dict) or not verify_signature(A.record_payload(attr),
+                                                                signature):
+        raise ReplicaRefused(f"the record of {attr.get('file_id')} (version "
+                             f"{attr.get('version')}) is not signed by the node that made it")
+
+
+def delete_signed(file_id: str, origin_node: str, signature,
+                  verify_signature: Callable[[bytes, dict], bool]) -> bool:
+    """Whether ``signature`` is ``origin_node``'s signature of a delete of ``file_id``."""
+    return isinstance(signature, dict) and signature.get("key_id") == origin_node and \
+        verify_signature(A.delete_payload(file_id), signature)
+
+
+def apply_update(store, attr: dict, *, origin: dict,
+                 verify_signature: Callable[[bytes, dict], bool]) -> str:
+    """Apply another node's metadata change (its whole new attr, which must carry the
+    signature of the node that made it: ReplicaRefused otherwise). Returns ``applied``,
     ``superseded`` (ours wins; theirs recorded as lost), ``already`` (same attr here) or
     ``absent`` (no such file here: its create, when it comes, brings the newest attr).
     Durable when it returns."""
+    require_change_signed(attr, verify_signature)
     file_id = attr["file_id"]
     with store.file_lock(file_id):
         entry = store.view.entry(file_id)

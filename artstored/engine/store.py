@@ -268,6 +268,7 @@ class Store:
             "updated_at": None, "updated_by_id": None, "updated_by_username": None,
         }
         attr["signature"] = self.node.sign(A.fixity_payload(attr))
+        attr["change_signature"] = self.node.sign(A.record_payload(attr))
         data = A.encode(attr)
         entry = CatalogEntry(attr=attr, disk=writer.disk.disk_id,
                              rel=L.object_relpath(now, storage_name))
@@ -404,6 +405,7 @@ class Store:
                     version=entry.attr.get("version"))
             new_attr = A.patched(entry.attr, patch, actor_id=actor.id, actor_name=actor.name,
                                  now=_now())
+            new_attr["change_signature"] = self.node.sign(A.record_payload(new_attr))
             data = A.encode(new_attr)
             new_entry = CatalogEntry(attr=new_attr, disk=entry.disk, rel=entry.rel)
             op = ids.file_id_key(ids.new_file_id())
@@ -451,7 +453,9 @@ class Store:
             data = {"reason": reason, "size": entry.size,
                     "checksum_sha256": entry.attr.get("checksum_sha256")}
             if origin is not None:
-                data["origin"] = origin
+                data["origin"] = origin     # with its signature: relayed as it came
+            else:
+                data["origin_sig"] = self.node.sign(A.delete_payload(file_id))
             W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
             replica.put_tombstone(txn, self.env, file_id, actor, origin)
 
