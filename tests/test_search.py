@@ -232,9 +232,10 @@ def test_cursor_walk_while_uploads_go_on(make_daemon, sort, order):
     d = make_daemon("walk")
     api = d.api()
     word = "walk" + secrets.token_hex(4)
-    existing = set(_upload_many(api, 2500, word, "w"))
-    wait_until(lambda: search(api, q=word, limit=1)["total_hits"] == 2500, 10,
-               "all 2500 uploads to be searchable")
+    # 1,200 files in pages of 50: 24 pages, each while uploads go on.
+    existing = set(_upload_many(api, 1200, word, "w"))
+    wait_until(lambda: search(api, q=word, limit=1)["total_hits"] == 1200, 10,
+               "all 1200 uploads to be searchable")
     stop = threading.Event()
     added: list[str] = []
 
@@ -251,7 +252,7 @@ def test_cursor_walk_while_uploads_go_on(make_daemon, sort, order):
         seen: list[str] = []
         cursor = None
         while True:
-            params = {"q": word, "sort": sort, "order": order, "limit": 100}
+            params = {"q": word, "sort": sort, "order": order, "limit": 50}
             if cursor:
                 params["cursor"] = cursor
             uploaded = len(added)
