@@ -23,6 +23,7 @@ import sys
 import time
 
 import aiohttp
+import yarl
 
 CHUNK = 1 << 20
 
@@ -77,8 +78,10 @@ class Load:
             path = self.path(n)
             started = time.perf_counter()
             try:
-                async with session.request(method, base + path, data=self.body,
-                                           headers=headers) as resp:
+                # encoded=True: the paths are sent as given (presigned URLs are already
+                # escaped), and the client does not parse and requote every one of them.
+                async with session.request(method, yarl.URL(base + path, encoded=True),
+                                           data=self.body, headers=headers) as resp:
                     if collect and collect != "paths":
                         answer = await resp.read()
                         size = len(answer)

@@ -17,6 +17,7 @@ import base64
 import logging
 import os
 import secrets
+import threading
 import time
 
 import nacl.exceptions
@@ -64,6 +65,17 @@ class S3KeyStore:
             log.error("%s is missing but S3 keys exist: they cannot be used any more (a "
                       "restore without keys/?); put the file back, or create new keys", path)
         self._box = nacl.secret.SecretBox(_load_or_create_seal_key(path))
+        # access key id → (record, account, secret) of keys in use: a request reads no LMDB
+        # and unseals nothing. Emptied by every change of an account (suspension, role,
+        # deletion: AccountStore's listeners) and of a key, before the change returns, so
+        # a revocation or a suspension applies to the next request as it does for tokens.
+        self._in_use: dict[str, tuple[dict, dict, str]] = {}
+        self._in_use_lock = threading.Lock()
+        accounts.change_listeners.append(self._forget_all)
+
+    def _forget_all(self) -> None:
+        with self._in_use_lock:
+            self._in_use.clear()
 
     def create(self, client_id: str, actor: W.Actor) -> tuple[dict, str]:
         """A new key of ``client_id``'s account and its secret (returned once; the caller
@@ -90,8 +102,11 @@ class S3KeyStore:
                client_id: str | None = None) -> dict:
         """Revoke a key for good (idempotent); NotFound ``s3_key_not_found`` if there is
         no such key (of ``client_id``'s account, when given). Durable on return."""
-        return public_view(records.revoke(self.env, access_key_id, actor,
-                                          client_id=client_id))
+        try:
+            return public_view(records.revoke(self.env, access_key_id, actor,
+                                              client_id=client_id))
+        finally:
+            self._forget_all()
 
     def signing_secret(self, access_key_id: str) -> tuple[dict, dict, str] | None:
         """(key record, account, secret) of an active key; None for an unknown or revoked
@@ -101,6 +116,18 @@ class S3KeyStore:
         holder."""
         if not access_key_id or len(access_key_id) > 128:
             return None
+        hit = self._in_use.get(access_key_id)
+        if hit is not None:
+            return hit
+        with self._in_use_lock:
+            # Read under the lock: a change that empties the cache meanwhile waits, so
+            # nothing read before it is put back after it.
+            found = self._look_up(access_key_id)
+            if found is not None and len(self._in_use) < 10_000:
+                self._in_use[access_key_id] = found
+            return found
+
+    def _look_up(self, access_key_id: str) -> tuple[dict, dict, str] | None:
         record = records.get(self.env, access_key_id)
         if record is None or record["status"] != records.ACTIVE:
             return None
