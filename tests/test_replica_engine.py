@@ -5,6 +5,7 @@ nothing resurrects; concurrent metadata changes resolve by one rule everywhere."
 import pytest
 
 from artstored.engine import Store, StoreConfig
+from artstored.engine import attrs as A
 from artstored.engine import replica as R
 from artstored.engine import wal as W
 from artstored.engine.errors import ChecksumMismatch, FileDeleted
@@ -171,10 +172,18 @@ def test_a_record_altered_on_its_way_is_refused(pair):
     assert b.get(attr["file_id"]).attr["description"] == ""
     assert R.apply_update(b, changed, origin={"node": "a", "seq": 7},
                           verify_signature=keys_of(a)) == R.APPLIED
-    # A new file whose description was altered after its upload is refused too.
+    # A new file whose description was altered after its upload is refused too, and so is
+    # one whose record lost its change signature (a relay cannot strip it to alter more).
     other = upload(a, b"fresh")
     with pytest.raises(R.ReplicaRefused):
         copy_to(a, b, dict(other, description="slipped in"), b"fresh")
+    with pytest.raises(R.ReplicaRefused):
+        copy_to(a, b, {k: v for k, v in other.items() if k != "change_signature"}, b"fresh")
+    # A signed update may change only what a PATCH changes.
+    moved = dict(changed, retention_policy="temporary", version=changed["version"] + 1)
+    moved["change_signature"] = a.node.sign(A.record_payload(moved))
+    with pytest.raises(R.ReplicaRefused):
+        R.apply_update(b, moved, origin={"node": "a", "seq": 8}, verify_signature=keys_of(a))
     # A delete carries its origin's signature of exactly that file id.
     a.delete(other["file_id"], ALICE, check_mode=False)
     [delete] = [r for r in records(a, W.FILE_DELETE) if r["file_id"] == other["file_id"]]

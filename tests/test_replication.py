@@ -465,6 +465,18 @@ def test_cluster_search_finds_files_held_elsewhere_once(cluster):
         if cursor is None:
             break
     assert paged == whole and len(whole) == len(set(whole)) >= 8
+    # By relevance: every file, each once on a page (a copy may come back on another).
+    found, cursor = [], None
+    for _ in range(50):
+        page = reader.get(f"/api/v1/search?q={word}&scope=cluster&limit=3"
+                          + (f"&cursor={cursor}" if cursor else "")).json()
+        ids_here = [i["file_id"] for i in page["items"]]
+        assert len(ids_here) == len(set(ids_here)) <= 3
+        found += ids_here
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert set(found) == set(whole)
     r = reader.get(f"/api/v1/search?q={word}&scope=cluster&cursor=kd5")
     assert r.status == 400 and r.problem["code"] == "invalid_cursor"
     assert reader.get(f"/api/v1/search?q={word}&scope=galaxy").status == 400

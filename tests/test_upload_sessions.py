@@ -165,8 +165,20 @@ def test_session_keeps_every_byte_that_arrived_and_makes_one_file(daemon):
     assert attr["custom_attributes"] == {"batch": 7}
     r = daemon.api().download(attr["file_id"])
     assert r.body == content
-    assert _json(daemon, "GET", f"/api/v1/uploads/{uid}")[0] == 404
+    # The session stays, without its bytes, naming its file: a client that lost the answer
+    # asks again and gets the same file, not a second one.
+    status, doc = _json(daemon, "GET", f"/api/v1/uploads/{uid}")
+    assert status == 200 and doc["file_id"] == attr["file_id"]
+    status, again = _json(daemon, "POST", f"/api/v1/uploads/{uid}/complete")
+    assert status == 201 and again["file_id"] == attr["file_id"]
+    assert _put(daemon, uid, len(content), b"x")[1]["code"] == "session_completed"
+    assert len(daemon.api().get("/api/v1/files").json()["items"]) == 1
     assert os.listdir(os.path.join(daemon.data_dir, "disks", "0", "sessions")) == []
+    # An empty file goes through a session too.
+    status, doc = _json(daemon, "POST", "/api/v1/uploads",
+                        {"original_filename": "empty", "size": 0})
+    status, attr = _json(daemon, "POST", f"/api/v1/uploads/{doc['upload_id']}/complete")
+    assert status == 201 and attr["file_size"] == 0, attr
 
 
 def test_a_wrong_declared_checksum_stores_nothing_and_abort_removes_the_bytes(daemon):

@@ -9,12 +9,16 @@
    ``offset_mismatch`` says it otherwise). A transfer cut short keeps what reached the disk.
 3. ``GET /api/v1/uploads/{id}`` → the session's state: resume from ``received``.
 4. ``POST /api/v1/uploads/{id}/complete`` → 201 and the file's record, as an upload's
-   (``?ack=`` too); ``DELETE /api/v1/uploads/{id}`` → 204, bytes gone.
+   (``?ack=`` too). The session is kept (without its bytes, naming ``file_id``) until it
+   expires: a client that lost the answer asks again and gets the same file.
+   ``DELETE /api/v1/uploads/{id}`` → 204, bytes gone.
 
 A session belongs to the account that made it: to any other it does not exist (404).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
@@ -38,10 +42,30 @@ FIELDS = ("original_filename", "content_type", "description", "custom_attributes
 
 
 def _view(record: dict) -> dict:
-    return {"upload_id": record["session_id"], "size": record["size"],
+    view = {"upload_id": record["session_id"], "size": record["size"],
             "received": record["received"], "original_filename":
             record["fields"].get("original_filename"), "created_at": record["created_at"],
             "updated_at": record["updated_at"]}
+    if record.get("file_id"):
+        view["file_id"] = record["file_id"]     # complete: this is the file it made
+    return view
+
+
+# A transfer that sends nothing for this long is ended (what arrived counts): a half-open
+# connection must not hold the session until TCP gives up, hours later.
+IDLE_SECONDS = 60.0
+
+
+async def _pieces(content):
+    while True:
+        try:
+            piece = await asyncio.wait_for(content.readany(), IDLE_SECONDS)
+        except asyncio.TimeoutError:
+            raise ConnectionResetError(f"nothing received for {IDLE_SECONDS:.0f} s") \
+                from None
+        if not piece:
+            return
+        yield piece
 
 
 def _request_of(fields: dict) -> UploadRequest:
@@ -107,7 +131,7 @@ async def append(request: web.Request) -> web.Response:
     part = await blocking(svc.sessions.append, request.match_info["upload_id"], offset,
                           actor_of(request).id, request.content_length)
     try:
-        await stream_to_writer(request.content.iter_any(), part, keep_partial=True)
+        await stream_to_writer(_pieces(request.content), part, keep_partial=True)
     except ConnectionError:
         # The client went away mid-transfer: what arrived counts (it resumes from there).
         received = await blocking(part.close)
@@ -124,9 +148,13 @@ async def append(request: web.Request) -> web.Response:
 async def complete(request: web.Request) -> web.Response:
     svc = services(request)
     ack = parse_ack(request)
-    prepared, attr = await blocking(svc.sessions.complete, request.match_info["upload_id"],
-                                    actor_of(request).id, _request_of)
-    return await answer_stored(svc, attr, prepared.seq, ack)
+    attr, seq = await blocking(svc.sessions.complete, request.match_info["upload_id"],
+                               actor_of(request).id, _request_of)
+    if seq is None:
+        # Completed before (its answer was lost): the same file, as it was stored then.
+        return json_response(attr, status=201,
+                             headers={"Location": f"/api/v1/files/{attr['file_id']}"})
+    return await answer_stored(svc, attr, seq, ack)
 
 
 @requires(R.USER, R.FILES_WRITE)

@@ -101,38 +101,72 @@ def _send_from(client: Client, session: dict, path: str, progress) -> dict:
     return json.loads(data)
 
 
+def _retryable(exc: Exception) -> bool:
+    if isinstance(exc, ConnectError):
+        return True
+    return isinstance(exc, ApiError) and (
+        exc.status >= 500 or exc.status == 401
+        or exc.code in ("offset_mismatch", "session_busy"))
+
+
+def _finish(client: Client, session: dict, ack: str | None) -> dict:
+    """The file's record: made now, or by a completion whose answer was lost."""
+    if session.get("file_id"):
+        return client.request("GET", f"/api/v1/files/{session['file_id']}")
+    query = f"?ack={ack}" if ack else ""
+    return client.request("POST", f"/api/v1/uploads/{session['upload_id']}/complete{query}",
+                          ok=(201,))
+
+
 def upload(client: Client, path: str, fields: dict, *, progress=None,
            ack: str | None = None) -> dict:
     """Store the file at ``path`` through a session, resuming as described above; returns
-    the file's record. Raises ApiError for a refusal, ConnectError once the retries are
-    spent (the state file stays: run again to resume)."""
+    the file's record. A dropped connection, an expired token, a daemon restarting or busy
+    are retried (``RETRIES`` times in a row without progress); a refusal raises ApiError,
+    and ConnectError once the retries are spent (the state file stays: run again to
+    resume). A file that does not hash to what was declared abandons its session."""
     st = os.stat(path)
     state_path = _state_path(client, path, st)
     fields = dict(fields, size=st.st_size)
     session = _session(client, state_path, path, fields)
-    if progress and session["received"]:
-        progress(session["received"])
+    shown = session["received"]
+    if progress and shown:
+        progress(shown)
     failures = 0
-    while session["received"] < session["size"]:
+    while True:
         try:
-            session = _send_from(client, session, path, progress)
+            if session["received"] < session["size"] and not session.get("file_id"):
+                session = _send_from(client, session, path, progress)
+                shown = session["received"]
+                continue
+            attr = _finish(client, session, ack)
+            break
         except (ConnectError, ApiError) as exc:
-            if isinstance(exc, ApiError) and exc.code not in ("offset_mismatch",
-                                                               "session_busy"):
+            if isinstance(exc, ApiError) and exc.code == "checksum_mismatch":
+                client.request("DELETE", f"/api/v1/uploads/{session['upload_id']}",
+                               ok=(204, 404))
+                _forget_state(state_path)
                 raise
-            failures += 1
+            if not _retryable(exc):
+                raise
+            if isinstance(exc, ApiError) and exc.status == 401:
+                client.token = None       # expired during a long transfer: sign in again
+            before = session["received"]
+            try:
+                session = client.request("GET", f"/api/v1/uploads/{session['upload_id']}")
+            except (ConnectError, ApiError) as again:
+                if not _retryable(again):
+                    raise
+            failures = 0 if session["received"] > before else failures + 1
             if failures > RETRIES:
                 raise
             time.sleep(min(8.0, 0.5 * 2 ** failures))
-            try:
-                session = client.request("GET", f"/api/v1/uploads/{session['upload_id']}")
-            except ConnectError:
-                continue
-    query = f"?ack={ack}" if ack else ""
-    attr = client.request("POST", f"/api/v1/uploads/{session['upload_id']}/complete{query}",
-                          ok=(201,))
+    _forget_state(state_path)
+    return attr
+
+
+def _forget_state(state_path: str) -> None:
     try:
         os.unlink(state_path)
     except FileNotFoundError:
         pass
-    return attr

@@ -6,15 +6,20 @@ so each member is asked through its public search with the client's own Authoriz
 what a client may not see on one node it does not see through another.
 
 Paging: each node's answer is a stream in the order asked; a page is a k-way merge of them
-(relevance: by score; created_at: by creation time, then file id), cut at ``limit``. The
-cluster cursor (``c`` + base64url JSON) holds, for each node of the first page, where its
-stream stands: its own cursor and how many hits of that page were already handed out. A
-node is asked for ``limit + skipped`` hits, so no node's page runs dry inside a merge while
-it has more. A file held by several nodes appears once: in created_at order its copies are
-adjacent and are consumed together; in relevance order (each node scores by its own
-statistics) a file appears once per page, but may come back on a later page.
-``total_hits`` is the sum of the nodes' own counts: a file held by several nodes counts once
-per node (``nodes`` gives each).
+(created_at: by file id, the UUIDv7 whose leading bits are the nodes' own order key;
+relevance: by score), cut at ``limit``. The cluster cursor (``c`` + base64url JSON) holds,
+for each node still to be read, where its stream stands, as a cursor of that node's own:
+in created_at order a keyset cursor made from the last hit taken from it, so a page
+neither skips nor repeats a hit whatever was added or deleted meanwhile; in relevance
+order the node's snapshot cursor moved to the first hit not taken (a node whose whole
+answer fit one page, which hands out no snapshot, is asked again and the hits already
+taken are skipped). A file held by several nodes appears once: in created_at order its
+copies are adjacent and are taken together; in relevance order (each node scores by its
+own statistics) once per page. A node that does not answer keeps its place for
+``RETRIES`` pages, then is left out (the answer says so under ``nodes``); a node that
+refuses the request (400: its cursor expired, a bad query) makes the whole answer that.
+``total_hits`` is the sum of the nodes' own counts: a file held by several nodes counts
+once per node.
 """
 
 from __future__ import annotations
@@ -24,16 +29,27 @@ import base64
 import heapq
 import json
 import logging
+import re
 
 import aiohttp
 
-from ..engine.errors import BadRequest
+from ..engine.errors import ArtStoreError, BadRequest
+from ..index.documents import order_key
 
 log = logging.getLogger("artstored.cluster.search")
 
 TIMEOUT_SECONDS = 10.0
 MAX_CURSOR_CHARS = 16384
 MAX_NODE_LIMIT = 1000
+RETRIES = 3
+_SNAPSHOT = re.compile(r"^r([A-Za-z0-9_-]{1,64})\.([0-9]{1,12})$")
+
+
+class NodeRefused(ArtStoreError):
+    """A node answered the cluster search with a client error: it is the client's."""
+    status = 400
+    code = "invalid_query"
+    title = "Search refused"
 
 
 def _invalid(detail: str) -> BadRequest:
@@ -41,23 +57,24 @@ def _invalid(detail: str) -> BadRequest:
 
 
 def decode_cursor(cursor: str, node_cursor_ok) -> dict:
-    """{node id: [its cursor or None, hits of that page handed out]}; BadRequest
-    ``invalid_cursor`` for anything else (``node_cursor_ok`` checks each node's)."""
+    """{node id: [its cursor or None, hits of that page to skip, failures so far]};
+    BadRequest ``invalid_cursor`` for anything else (``node_cursor_ok`` checks each
+    node's)."""
     if not cursor.startswith("c") or len(cursor) > MAX_CURSOR_CHARS:
         raise _invalid("not a cluster cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor[1:] + "=" * (-len(cursor[1:]) % 4))
         state = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("does not decode") from None
-    if not isinstance(state, dict) or not state:
+    if not isinstance(state, dict) or not state or len(state) > 10_000:
         raise _invalid("no nodes")
     for node, entry in state.items():
-        if not (isinstance(entry, list) and len(entry) == 2
+        if not (isinstance(entry, list) and len(entry) == 3
                 and (entry[0] is None or (isinstance(entry[0], str)
                                           and node_cursor_ok(entry[0])))
-                and isinstance(entry[1], int) and not isinstance(entry[1], bool)
-                and 0 <= entry[1] < MAX_NODE_LIMIT):
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[1:])
+                and 0 <= entry[1] < MAX_NODE_LIMIT and 0 <= entry[2] <= RETRIES):
             raise _invalid(f"bad entry for node {str(node)[:40]!r}")
     return state
 
@@ -65,15 +82,6 @@ def decode_cursor(cursor: str, node_cursor_ok) -> dict:
 def encode_cursor(state: dict) -> str:
     raw = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
     return "c" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _sort_key(sort: str, order: str):
-    if sort == "relevance":
-        return lambda item: (-(item.get("score") or 0.0), item.get("file_id") or "")
-    if order == "desc":
-        # Newest first; ties by file id, descending too (as a node orders them).
-        return lambda item: _Desc((item.get("created_at") or "", item.get("file_id") or ""))
-    return lambda item: (item.get("created_at") or "", item.get("file_id") or "")
 
 
 class _Desc:
@@ -89,22 +97,47 @@ class _Desc:
         return self.value == other.value
 
 
+def _sort_key(sort: str, order: str):
+    if sort == "relevance":
+        return lambda item: (-(item.get("score") or 0.0), item.get("file_id") or "")
+    if order == "desc":
+        return lambda item: _Desc(item.get("file_id") or "")
+    return lambda item: item.get("file_id") or ""
+
+
+def _next_place(entry: list, used: int, items: list, node_next, *, sort: str, order: str):
+    """Where a node's stream stands after ``used`` of ``items`` (the hits after those
+    skipped) were taken: [cursor, skip, 0], or None when it has nothing more."""
+    cursor, skip, _ = entry
+    if used >= len(items):
+        return [node_next, 0, 0] if node_next else None
+    if used == 0:
+        return [cursor, skip, 0]
+    if sort != "relevance":
+        return [f"k{order[0]}{order_key(items[used - 1]['file_id'])}", 0, 0]
+    snap = _SNAPSHOT.match(node_next or "") or _SNAPSHOT.match(cursor or "")
+    if snap is not None:
+        start = int(_SNAPSHOT.match(cursor).group(2)) if cursor and _SNAPSHOT.match(cursor) \
+            else 0
+        return [f"r{snap.group(1)}.{start + skip + used}", 0, 0]
+    return [cursor, skip + used, 0]
+
+
 async def fan_out(cluster, session: aiohttp.ClientSession, query: list[tuple[str, str]],
                   authorization: str, ask_local, *, sort: str, order: str, limit: int,
                   cursor: str | None, node_cursor_ok) -> dict:
     """One page of the merged answer. ``ask_local(node_cursor, node_limit)`` runs the query
     here; every other node is asked over HTTP. ``nodes`` in the answer says what each node
-    answered (its total hits, or an error); a node that fails keeps its place in the cursor
-    and is asked again for the next page."""
+    answered (its total hits, or an error)."""
     if cursor is None:
-        state = {node: [None, 0] for node in cluster.membership.live_members()}
-        state.setdefault(cluster.id, [None, 0])
+        state = {node: [None, 0, 0] for node in cluster.membership.live_members()}
+        state.setdefault(cluster.id, [None, 0, 0])
     else:
         state = decode_cursor(cursor, node_cursor_ok)
     plain = [(k, v) for k, v in query if k not in ("cursor", "limit")]
 
     async def ask(node: str):
-        node_cursor, skip = state[node]
+        node_cursor, skip, _ = state[node]
         node_limit = min(MAX_NODE_LIMIT, limit + skip)
         if node == cluster.id:
             return await ask_local(node_cursor, node_limit)
@@ -115,13 +148,16 @@ async def fan_out(cluster, session: aiohttp.ClientSession, query: list[tuple[str
     nodes = list(state)
     answers = await asyncio.gather(*(ask(n) for n in nodes), return_exceptions=True)
     key = _sort_key(sort, order)
-    heads, report = [], {}
-    streams: dict[str, list] = {}
+    heads, report, streams, gone = [], {}, {}, set()
     for node, answer in zip(nodes, answers):
+        if isinstance(answer, (BadRequest, NodeRefused)):
+            raise answer
         if isinstance(answer, BaseException):
-            if isinstance(answer, BadRequest):
-                raise answer
             answer = type(answer).__name__
+        if answer is None:
+            report[node] = {"error": "not on the roster"}
+            gone.add(node)
+            continue
         if isinstance(answer, str):
             report[node] = {"error": answer}
             continue
@@ -142,21 +178,26 @@ async def fan_out(cluster, session: aiohttp.ClientSession, query: list[tuple[str
             continue              # another node's copy of a file already on this page
         seen.add(item.get("file_id"))
         page.append(item)
-    # Copies of the last files handed out that stand at a stream's head are consumed too.
+    # Copies of the last files handed out that stand at a stream's head are taken too.
     for node, (items, at, _) in streams.items():
         while at < len(items) and items[at].get("file_id") in seen:
             at += 1
         streams[node][1] = at
     next_state = {}
     for node in nodes:
+        if node in gone:
+            continue
         if node not in streams:
-            next_state[node] = state[node]           # failed: ask again next time
+            failures = state[node][2] + 1
+            if failures <= RETRIES:
+                next_state[node] = [state[node][0], state[node][1], failures]
+            else:
+                report[node]["error"] += f"; left out after {RETRIES} pages"
             continue
         items, used, node_next = streams[node]
-        if used < len(items):
-            next_state[node] = [state[node][0], state[node][1] + used]
-        elif node_next:
-            next_state[node] = [node_next, 0]
+        place = _next_place(state[node], used, items, node_next, sort=sort, order=order)
+        if place is not None:
+            next_state[node] = place
     return {"items": page, "next_cursor": encode_cursor(next_state) if next_state else None,
             "total_hits": sum(r.get("total_hits") or 0 for r in report.values()),
             "scope": "cluster", "nodes": report}
@@ -165,11 +206,17 @@ async def fan_out(cluster, session: aiohttp.ClientSession, query: list[tuple[str
 async def _ask(cluster, session, node: str, query, authorization: str):
     address = cluster.doc.address(node)
     if address is None:
-        return "not on the roster"
+        return None
     try:
         async with session.get(f"http://{address}/api/v1/search", params=query,
                                headers={"Authorization": authorization},
                                timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)) as resp:
+            if 400 <= resp.status < 500 and resp.status not in (401, 403, 404, 408, 429):
+                problem = await resp.json(content_type=None)
+                if not isinstance(problem, dict):
+                    problem = {}
+                raise NodeRefused(f"{node}: {problem.get('detail', resp.status)}",
+                                  code=problem.get("code") or "invalid_query")
             if resp.status != 200:
                 return f"HTTP {resp.status}"
             return await resp.json()

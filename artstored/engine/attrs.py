@@ -131,6 +131,12 @@ def _validate_attr_value(value, depth: int, path: str) -> None:
         # NaN and infinities are not JSON (1e999 parses as infinity): they never round-trip.
         raise ValidationError(f"custom_attributes value at {path} is not a finite number",
                               code="invalid_custom_attributes")
+    elif isinstance(value, int) and not isinstance(value, bool) and \
+            not -(1 << 63) <= value < (1 << 64):
+        # The catalog and the WAL (msgpack) hold 64-bit integers: a larger one would fail
+        # the whole group commit it is in.
+        raise ValidationError(f"custom_attributes value at {path} is outside the 64-bit "
+                              "integer range", code="invalid_custom_attributes")
 
 
 def _validate_attr_key(key, path: str) -> None:

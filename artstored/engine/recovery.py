@@ -83,7 +83,7 @@ def recover(store) -> dict:
 
 def _finish(store, op_id: bytes, intent: dict, *, state: str, data: dict | None = None,
             put: CatalogEntry | None = None, delete: CatalogEntry | None = None,
-            tombstone: bool = False) -> None:
+            tombstone: bool = False, origin: dict | None = None) -> None:
     env = store.env
     actor = W.Actor(intent["actor"]["id"], intent["actor"]["name"])
     with env.write() as txn:
@@ -92,7 +92,7 @@ def _finish(store, op_id: bytes, intent: dict, *, state: str, data: dict | None 
         if delete is not None:
             catalog.delete(txn, env, delete)
         if tombstone:
-            put_tombstone(txn, env, intent["file_id"], actor, None)
+            put_tombstone(txn, env, intent["file_id"], actor, origin)
         W.append(txn, env, intent["kind"], actor, state=state, file_id=intent.get("file_id"),
                  data=data or {})
         W.drop_intent(txn, env, op_id)
@@ -212,6 +212,13 @@ def _resolve_delete(store, op_id: bytes, intent: dict) -> str:
     with store.env.read() as txn:
         entry = catalog.get(txn, store.env, intent["file_id"])
     tombstone = intent["kind"] == W.FILE_DELETE
-    _finish(store, op_id, intent, state=W.COMMITTED, data={"recovered": True}, delete=entry,
-            tombstone=tombstone)
+    data = {"recovered": True}
+    if tombstone:
+        # Relayed as any delete is: with its origin's signature, or this node's.
+        if intent.get("origin"):
+            data["origin"] = intent["origin"]
+        else:
+            data["origin_sig"] = store.node.sign(A.delete_payload(intent["file_id"]))
+    _finish(store, op_id, intent, state=W.COMMITTED, data=data, delete=entry,
+            tombstone=tombstone, origin=intent.get("origin"))
     return "rolled_forward"

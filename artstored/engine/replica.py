@@ -48,8 +48,9 @@ class ReplicaRefused(ValidationError):
 def prepare_replica(store, writer, attr: dict, *, origin: dict,
                     verify_signature: Callable[[bytes, dict], bool]) -> PreparedUpload:
     """A PreparedUpload for a replica: ``writer`` (finished) holds the bytes another node
-    stored under ``attr``. Checks the size, the SHA-256 and the origin node's signature of
-    the fixity payload (``verify_signature(payload, attr["signature"])``). Raises
+    stored under ``attr``. Checks the size, the SHA-256, the origin node's signature of
+    the fixity payload (``verify_signature(payload, attr["signature"])``) and the signature
+    of the whole record by the node that made its version (``change_signature``). Raises
     ReplicaRefused / ChecksumMismatch; the caller then aborts the writer. Commit it with
     ``store.commit_upload``: if the file is already here, that resolves to what is here; if
     it was deleted here, to FileDeleted."""
@@ -66,10 +67,9 @@ def prepare_replica(store, writer, attr: dict, *, origin: dict,
     if not isinstance(signature, dict) or not verify_signature(A.fixity_payload(attr),
                                                                 signature):
         raise ReplicaRefused(f"replica of {file_id}: the origin's signature does not verify")
-    if "change_signature" in attr or (attr.get("version") or 1) > 1:
-        # The whole record as its maker signed it (a record of an older version of the
-        # software has none at version 1; any later version must have one).
-        require_change_signed(attr, verify_signature)
+    # The whole record as its maker signed it: a node relaying it cannot change its
+    # retention, owner, name or metadata (the fixity signature covers only the bytes).
+    require_change_signed(attr, verify_signature)
     try:
         created = A.parse_time(attr["created_at"])
         # The on-disk name is not signed: it must be the one this node would make from the
@@ -87,6 +87,11 @@ def prepare_replica(store, writer, attr: dict, *, origin: dict,
                     attr.get("created_by_username") or "system")
     return PreparedUpload(writer=writer, entry=entry, attr_bytes=A.encode(attr), actor=actor,
                           origin=origin)
+
+
+_CHANGES_WITH_A_PATCH = frozenset(A.MUTABLE_FIELDS) | {
+    "version", "schema_version", "updated_at", "updated_by_id", "updated_by_username",
+    "change_signature"}
 
 
 def _rank(attr: dict) -> tuple:
@@ -135,9 +140,10 @@ def apply_update(store, attr: dict, *, origin: dict,
                          file_id=file_id, data={"attr": attr, "origin": origin,
                                                 "superseded_by": entry.attr.get("version")})
             return SUPERSEDED
-        for key in ("file_size", "checksum_sha256", "created_at", "storage_filename",
-                    "signature"):
-            if attr.get(key) != entry.attr.get(key):
+        # Only what a PATCH changes may differ: the signing node could otherwise move a
+        # file's owner, retention or name.
+        for key in set(attr) | set(entry.attr):
+            if key not in _CHANGES_WITH_A_PATCH and attr.get(key) != entry.attr.get(key):
                 raise ReplicaRefused(f"an update of {file_id} changes {key}")
         store.committer.wait_placed(file_id)
         with store.mode_lock:

@@ -26,7 +26,8 @@ from . import durable
 from . import lmdb_schema as S
 from . import modes as M
 from . import wal as W
-from .errors import ArtStoreError, Conflict, NotFound, UploadTooLarge, storage_error
+from .errors import (ArtStoreError, Conflict, NotFound, StoreCorrupt, UploadTooLarge,
+                     storage_error)
 
 DIRECTORY = "sessions"
 
@@ -54,18 +55,27 @@ def _no_session(session_id: str) -> NotFound:
 class Append:
     """Bytes appended to a session from one thread at a time; ``close`` flushes and counts
     them (call it whether the transfer ended well or not), ``received`` says how many the
-    session now holds durably."""
+    session now holds durably. Made by ``UploadSessions.append`` (the session reserved)."""
 
     def __init__(self, sessions: "UploadSessions", record: dict, offset: int):
         self.sessions, self.record, self.offset = sessions, record, offset
         self.limit = record["size"] - offset
-        path = os.path.join(record["dir"], "data")
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.ftruncate(self._fd, offset)     # drop bytes written but never counted
-        os.lseek(self._fd, offset, os.SEEK_SET)
         self.written = 0
         # close() may come from another thread while a write runs: it waits for it.
         self._io = threading.Lock()
+        self._fd = os.open(os.path.join(record["dir"], "data"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            on_disk = os.fstat(self._fd).st_size
+            if on_disk < offset:
+                raise StoreCorrupt(f"session {record['session_id']} holds {on_disk} bytes, "
+                                   f"its record {offset}")
+            if on_disk > offset:
+                os.ftruncate(self._fd, offset)   # written by a transfer, never counted
+            os.lseek(self._fd, offset, os.SEEK_SET)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            raise
 
     def write_many(self, chunks) -> None:
         n = sum(len(c) for c in chunks)
@@ -104,7 +114,9 @@ class Append:
 
 
 class UploadSessions:
-    """Thread-safe; every method that changes something is durable when it returns."""
+    """Thread-safe; every method that changes something is durable when it returns. Every
+    change of a session first reserves it (one at a time: SessionBusy otherwise) and reads
+    its record again, so nothing acts on a record another change made stale."""
 
     def __init__(self, store):
         self.store = store
@@ -125,7 +137,8 @@ class UploadSessions:
 
     def get(self, session_id: str, owner: str | None = None) -> dict:
         """The session's record; NotFound ``session_not_found`` if there is none (or it
-        belongs to another account than ``owner``)."""
+        belongs to another account than ``owner``). A completed session (kept until it
+        expires, so a repeated ``complete`` gets the same file) names its ``file_id``."""
         if not isinstance(session_id, str) or not session_id.isalnum() or \
                 len(session_id) > 64:
             raise _no_session(session_id)
@@ -136,9 +149,24 @@ class UploadSessions:
             raise _no_session(session_id)
         return record
 
+    def _reserve(self, session_id: str, owner: str | None, what: str) -> dict:
+        """Reserve the session and return its record as it is now (released on error)."""
+        self.get(session_id, owner)          # NotFound before SessionBusy
+        with self._lock:
+            if session_id in self._busy:
+                raise SessionBusy(f"another transfer or change of this session is still "
+                                  f"running; ask for its state and retry the {what}")
+            self._busy.add(session_id)
+        try:
+            return self.get(session_id, owner)
+        except BaseException:
+            self._release(session_id)
+            raise
+
     def create(self, size: int, fields: dict, actor: W.Actor) -> dict:
-        """A new session for a file of ``size`` bytes; ``fields`` are the UploadRequest's
-        (checked again at completion). ModeNotAllowed, UploadTooLarge."""
+        """A new session for a file of ``size`` bytes (its empty data file durable already);
+        ``fields`` are the UploadRequest's (checked again at completion). ModeNotAllowed,
+        UploadTooLarge, StorageFull."""
         self.store.require(M.UPLOAD)
         if size > self.store.config.max_upload_bytes:
             raise UploadTooLarge(f"a file of {size} bytes exceeds the limit of "
@@ -147,14 +175,22 @@ class UploadSessions:
         session_id = secrets.token_hex(16)
         disk, _ = self.store.disks.choose(size)
         root = os.path.join(disk.root, DIRECTORY)
+        directory = os.path.join(root, session_id)
         try:
-            os.makedirs(os.path.join(root, session_id), mode=0o700)
-            durable.fsync_dir(root)
+            durable.makedirs_durable(directory, stop_at=disk.root)
+            fd = os.open(os.path.join(directory, "data"),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            durable.fsync_dir(directory)
         except OSError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
             raise storage_error(exc) from exc
         now = time.time()
         record = {"session_id": session_id, "size": size, "received": 0, "fields": fields,
-                  "dir": os.path.join(root, session_id),
+                  "dir": directory,
                   "actor": {"id": actor.id, "name": actor.name, "role": actor.role},
                   "created_at": now, "updated_at": now}
         self._put(record)
@@ -164,92 +200,111 @@ class UploadSessions:
                length: int | None = None) -> Append:
         """Start appending at ``offset`` (``length`` bytes, when known); OffsetMismatch
         unless it is the received count, UploadTooLarge if ``length`` goes past the
-        announced size, SessionBusy while another append runs. The caller must ``close``
-        the Append."""
+        announced size, SessionBusy while another change of it runs, SessionIncomplete
+        never (a completed session: Conflict ``session_completed``). The caller must
+        ``close`` the Append."""
         self.store.require(M.UPLOAD)
-        record = self.get(session_id, owner)
-        if length is not None and offset + length > record["size"]:
-            raise UploadTooLarge(f"the session announced {record['size']} bytes; "
-                                 f"{offset + length} were sent", limit=record["size"])
-        with self._lock:
-            if session_id in self._busy:
-                raise SessionBusy("another transfer to this session is still running; ask "
-                                  "for its state and retry")
+        record = self._reserve(session_id, owner, "transfer")
+        try:
+            if record.get("file_id"):
+                raise Conflict("this session is complete: its file is "
+                               f"{record['file_id']}", code="session_completed",
+                               file_id=record["file_id"])
             if offset != record["received"]:
                 raise OffsetMismatch(f"this session holds {record['received']} bytes: send "
                                      f"from offset {record['received']}",
                                      received=record["received"])
-            self._busy.add(session_id)
-        try:
-            return Append(self, record, offset)
+            if length is not None and offset + length > record["size"]:
+                raise UploadTooLarge(f"the session announced {record['size']} bytes; "
+                                     f"{offset + length} were sent", limit=record["size"])
+            try:
+                return Append(self, record, offset)
+            except OSError as exc:
+                raise storage_error(exc) from exc
         except BaseException:
             self._release(session_id)
             raise
 
     def complete(self, session_id: str, owner: str, build_request):
-        """Make the file: ``build_request(fields)`` gives its UploadRequest. Returns the
-        PreparedUpload committed (resolved) — its attr and WAL sequence; the session is
-        then gone. SessionIncomplete until every announced byte is received; what an
-        upload raises (ChecksumMismatch, StorageFull, ...), the session kept."""
-        record = self.get(session_id, owner)
-        if record["received"] != record["size"]:
-            raise SessionIncomplete(f"{record['received']} of {record['size']} bytes "
-                                    "received", received=record["received"])
-        with self._lock:
-            if session_id in self._busy:
-                raise SessionBusy("a transfer to this session is still running")
-            self._busy.add(session_id)
+        """Make the file: ``build_request(fields)`` gives its UploadRequest. Returns (attr,
+        WAL sequence) once it is durable; a session completed before answers (attr, None)
+        again. SessionIncomplete until every announced byte is received; what an upload
+        raises (ChecksumMismatch, StorageFull, ...), the session kept as it was."""
+        record = self._reserve(session_id, owner, "completion")
         try:
+            if record.get("file_id"):
+                return self.store.get(record["file_id"]).attr, None
+            if record["received"] != record["size"]:
+                raise SessionIncomplete(f"{record['received']} of {record['size']} bytes "
+                                        "received", received=record["received"])
             writer = self.store.begin_upload(record["size"])
             try:
-                with open(os.path.join(record["dir"], "data"), "rb") as f:
-                    while chunk := f.read(4 << 20):
-                        writer.write(chunk)
+                self._copy(record, writer)
                 writer.finish()
                 prepared = self.store.prepare_upload(
-                    writer, build_request(record["fields"]),
-                    W.Actor(**record["actor"]))
+                    writer, build_request(record["fields"]), W.Actor(**record["actor"]))
             except BaseException:
                 writer.abort()
                 raise
             attr = self.store.commit_upload(prepared).result()
-            self._forget(record)
+            # Kept, without its bytes, until it expires: a client that lost this answer
+            # and asks again gets the same file, not a second one.
+            record.update(file_id=attr["file_id"], updated_at=time.time())
+            self._put(record)
+            shutil.rmtree(record["dir"], ignore_errors=True)
+            return attr, prepared.seq
         finally:
             self._release(session_id)
-        return prepared, attr
+
+    @staticmethod
+    def _copy(record: dict, writer) -> None:
+        """The session's bytes, exactly its size of them, into ``writer``."""
+        path = os.path.join(record["dir"], "data")
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size < record["size"]:
+                    raise StoreCorrupt(f"session {record['session_id']} lost bytes")
+                left = record["size"]
+                while left > 0:
+                    chunk = f.read(min(4 << 20, left))
+                    if not chunk:
+                        raise StoreCorrupt(f"session {record['session_id']} lost bytes")
+                    writer.write(chunk)
+                    left -= len(chunk)
+        except OSError as exc:
+            raise storage_error(exc) from exc
 
     def abort(self, session_id: str, owner: str | None = None) -> None:
         """Forget the session and its bytes; NotFound; SessionBusy during a transfer."""
-        record = self.get(session_id, owner)
-        with self._lock:
-            if session_id in self._busy:
-                raise SessionBusy("a transfer to this session is still running")
-            self._busy.add(session_id)
+        record = self._reserve(session_id, owner, "abort")
         try:
             self._forget(record)
         finally:
             self._release(session_id)
 
     def _forget(self, record: dict) -> None:
+        # The bytes first: a crash in between leaves a record without bytes (removed at
+        # expiry), never bytes that nothing names.
+        shutil.rmtree(record["dir"], ignore_errors=True)
         with self.env.write() as txn:
             txn.delete(record["session_id"].encode(), db=self._db())
-        shutil.rmtree(record["dir"], ignore_errors=True)
 
     def expire(self, idle_seconds: float, now: float | None = None) -> int:
-        """Forget every session untouched for ``idle_seconds``; how many."""
+        """Forget every session untouched for ``idle_seconds`` (completed ones too); how
+        many."""
         now = time.time() if now is None else now
         with self.env.read() as txn:
-            records = [W.unpack(v) for _, v in txn.cursor(db=self._db())]
+            ids = [W.unpack(v)["session_id"] for _, v in txn.cursor(db=self._db())]
         gone = 0
-        for record in records:
-            if now - record["updated_at"] > idle_seconds:
-                with self._lock:
-                    if record["session_id"] in self._busy:
-                        continue
-                    self._busy.add(record["session_id"])
-                try:
+        for session_id in ids:
+            try:
+                record = self._reserve(session_id, None, "expiry")
+            except (NotFound, SessionBusy):
+                continue
+            try:
+                if now - record["updated_at"] > idle_seconds:
                     self._forget(record)
                     gone += 1
-                finally:
-                    self._release(record["session_id"])
+            finally:
+                self._release(session_id)
         return gone

@@ -459,7 +459,10 @@ class Store:
             W.append(txn, self.env, W.FILE_DELETE, actor, file_id=file_id, data=data)
             replica.put_tombstone(txn, self.env, file_id, actor, origin)
 
-        self._remove(file_id, actor, record, check_mode=check_mode, kind=W.FILE_DELETE)
+        # The intent names the origin too: a delete finished by recovery is relayed as
+        # the same delete (or signed by this node, which then took it).
+        self._remove(file_id, actor, record, check_mode=check_mode, kind=W.FILE_DELETE,
+                     intent_extra={"origin": origin} if origin is not None else {})
 
     def release_copy(self, file_id: str, data: dict) -> None:
         """Drop this node's copy of a file that lives on (a hand-off copy, or one whose
@@ -474,7 +477,7 @@ class Store:
         self._remove(file_id, W.SYSTEM, record, check_mode=False, kind=W.FILE_RELEASE)
 
     def _remove(self, file_id: str, actor: W.Actor, record, *, check_mode: bool,
-                kind: str) -> None:
+                kind: str, intent_extra: dict | None = None) -> None:
         """Remove a file's objects and catalog entry; ``record(txn, entry)`` writes what
         the removal is (a delete or a release). The intent is of the same ``kind``, so a
         crash in between is finished by recovery as what it was."""
@@ -489,7 +492,7 @@ class Store:
                     self.require(M.DELETE)
                 with self.env.write() as txn:
                     W.put_intent(txn, self.env, op, kind, actor, file_id=file_id,
-                                 disk=entry.disk, rel=entry.rel)
+                                 disk=entry.disk, rel=entry.rel, **(intent_extra or {}))
                 remove_object_files(data_path)
                 with self.env.write() as txn:
                     catalog.delete(txn, self.env, entry)
