@@ -16,6 +16,7 @@ import signal
 import subprocess
 
 from .common import free_port, wait_http
+from .peers import SWIFT_CONF
 
 ACCESS_KEY, SECRET_KEY = "test:tester", "testing"
 BINARIES = ("swift-proxy-server", "swift-account-server", "swift-container-server",
@@ -97,16 +98,6 @@ use = egg:swift#slo
 use = egg:swift#dlo
 """
 
-_SWIFT_CONF = """[swift-hash]
-swift_hash_path_suffix = artstore-bench
-swift_hash_path_prefix = artstore-bench
-
-[storage-policy:0]
-name = bench
-default = yes
-"""
-
-
 def available() -> bool:
     import shutil
     return all(shutil.which(b) for b in BINARIES)
@@ -125,7 +116,7 @@ class SwiftS3:
         os.makedirs(os.path.join(root, "devices", "sda1"), exist_ok=True)
         user = pwd.getpwuid(os.getuid()).pw_name
         with open(os.path.join(root, "swift.conf"), "w") as f:
-            f.write(_SWIFT_CONF)
+            f.write(SWIFT_CONF)
         env = dict(os.environ, SWIFT_CONF_FILE=os.path.join(root, "swift.conf"))
         env.pop("PYTHONPATH", None)
         ports = {kind: free_port() for kind in ("account", "container", "object")}

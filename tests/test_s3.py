@@ -614,7 +614,7 @@ def test_a_long_copy_is_answered_at_once_and_kept_alive(monkeypatch):
     import aiohttp
     from aiohttp import web
 
-    from artstored.s3 import app as s3app
+    from artstored.s3 import context as s3app
     from artstored.s3.xml import S3Error, element
 
     monkeypatch.setattr(s3app, "QUICK_SECONDS", 0.05)

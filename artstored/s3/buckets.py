@@ -16,7 +16,7 @@ from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import modes as M
 from . import objects
-from .app import caller, not_implemented, target
+from .context import caller, not_implemented, target
 from .xml import S3Error, element, fields, iso_time, response
 
 MAX_KEYS = 1000

@@ -18,7 +18,7 @@ from ..api.state import SERVICES, blocking
 from ..auth import roles as R
 from ..engine import modes as M
 from ..streaming import stream_to_writer
-from .app import answer_when_done, caller, not_implemented, target
+from .context import answer_when_done, caller, not_implemented, target
 from .body import Body
 from . import objects
 from .objects import etag, user_metadata
@@ -72,11 +72,8 @@ async def create(request: web.Request) -> web.Response:
     return response(root)
 
 
-async def upload_part(request: web.Request) -> web.Response:
-    who = caller(request)
-    who.need(R.FILES_WRITE)
-    if "x-amz-copy-source" in request.headers:
-        return await upload_part_copy(request)
+def _part_target(request: web.Request):
+    """(store, target, part number) of an UploadPart(Copy), its upload checked."""
     store = request.app[SERVICES].store
     store.require(M.UPLOAD)
     where = target(request)
@@ -84,8 +81,17 @@ async def upload_part(request: web.Request) -> web.Response:
     if not (raw.isascii() and raw.isdigit()):
         raise S3Error("InvalidArgument", "partNumber must be 1-10000")
     _upload_of(request)
+    return store, where, int(raw)
+
+
+async def upload_part(request: web.Request) -> web.Response:
+    who = caller(request)
+    who.need(R.FILES_WRITE)
+    if "x-amz-copy-source" in request.headers:
+        return await upload_part_copy(request)
+    store, where, number = _part_target(request)
     body = Body(request, who.signed, store.config.max_upload_bytes)
-    writer = await blocking(_uploads(request).part_writer, where.query["uploadId"], int(raw))
+    writer = await blocking(_uploads(request).part_writer, where.query["uploadId"], number)
     try:
         await stream_to_writer(body.pieces(), writer)
         body.verify(writer.sha256_hex)
@@ -120,13 +126,7 @@ async def upload_part_copy(request: web.Request) -> web.StreamResponse:
     """UploadPartCopy: a part made of (a range of) a stored object's bytes."""
     who = caller(request)
     who.need(R.FILES_READ)
-    store = request.app[SERVICES].store
-    store.require(M.UPLOAD)
-    where = target(request)
-    raw = where.query.get("partNumber", "")
-    if not (raw.isascii() and raw.isdigit()):
-        raise S3Error("InvalidArgument", "partNumber must be 1-10000")
-    _upload_of(request)
+    store, where, number = _part_target(request)
     source = objects.copy_source(request)
     await request.read()
 
@@ -136,7 +136,7 @@ async def upload_part_copy(request: web.Request) -> web.StreamResponse:
         offset, length = _copy_range(request.headers.get("x-amz-copy-source-range"),
                                      entry.size)
         _, fobj = store.open_content(entry.file_id)
-        writer = _uploads(request).part_writer(where.query["uploadId"], int(raw))
+        writer = _uploads(request).part_writer(where.query["uploadId"], number)
         try:
             with fobj:
                 fobj.seek(offset)

@@ -34,7 +34,7 @@ from ..engine import modes as M
 from ..engine.errors import ArtStoreError, FileNotFound, ModeNotAllowed
 from ..engine.store import UploadRequest
 from ..streaming import stream_to_writer
-from .app import answer_when_done, caller, not_implemented, target
+from .context import answer_when_done, caller, not_implemented, target
 from .body import Body
 from .xml import S3Error, element, fields, http_time, iso_time, response
 
