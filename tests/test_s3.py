@@ -398,6 +398,36 @@ def test_aws_cli_and_rclone_work_unchanged(rw, tmp_path):
     run(*aws, "s3", "cp", "s3://cli-bucket/big", "s3://cli-bucket/big-copy")
     run(*aws, "s3", "cp", "s3://cli-bucket/big-copy", str(tmp_path / "big-back"))
     assert (tmp_path / "big-back").read_bytes() == big
+    # The lower-level commands, one per operation.
+    api = [*aws, "s3api"]
+    run(*api, "put-object", "--bucket", "cli-bucket", "--key", "in/one.txt", "--body",
+        str(src / "one.txt"), "--metadata", "dept=finance")
+    versions = json.loads(run(*api, "list-object-versions", "--bucket", "cli-bucket",
+                              "--prefix", "in/one.txt"))["Versions"]
+    assert len(versions) == 2 and [v["IsLatest"] for v in versions] == [True, False]
+    listed = json.loads(run(*api, "list-objects-v2", "--bucket", "cli-bucket",
+                            "--delimiter", "/", "--prefix", "in/"))
+    assert [c["Key"] for c in listed["Contents"]] == ["in/one.txt"]
+    assert [p["Prefix"] for p in listed["CommonPrefixes"]] == ["in/sub/"]
+    old = versions[1]["VersionId"]
+    run(*api, "get-object", "--bucket", "cli-bucket", "--key", "in/one.txt", "--version-id",
+        old, str(tmp_path / "old.txt"))
+    assert (tmp_path / "old.txt").read_bytes() == b"one\n"
+    run(*api, "copy-object", "--bucket", "cli-bucket", "--key", "copied.txt",
+        "--copy-source", "cli-bucket/in/one.txt")
+    retention = json.loads(run(*api, "get-object-retention", "--bucket", "cli-bucket",
+                               "--key", "copied.txt"))
+    assert retention["Retention"]["Mode"] == "COMPLIANCE"
+    upload = json.loads(run(*api, "create-multipart-upload", "--bucket", "cli-bucket",
+                            "--key", "never.bin"))
+    run(*api, "abort-multipart-upload", "--bucket", "cli-bucket", "--key", "never.bin",
+        "--upload-id", upload["UploadId"])
+    refused = subprocess.run([*api, "delete-object", "--bucket", "cli-bucket", "--key",
+                              "copied.txt"], env=env, capture_output=True, timeout=120)
+    assert refused.returncode != 0 and b"AccessDenied" in refused.stderr
+    refused = subprocess.run([*api, "delete-bucket", "--bucket", "cli-bucket"], env=env,
+                             capture_output=True, timeout=120)
+    assert refused.returncode != 0 and b"BucketNotEmpty" in refused.stderr
 
     env.update(RCLONE_CONFIG_AS_TYPE="s3", RCLONE_CONFIG_AS_PROVIDER="Other",
                RCLONE_CONFIG_AS_ACCESS_KEY_ID=rw.key["access_key_id"],
@@ -526,6 +556,35 @@ def test_multipart_abort_and_refusals_keep_nothing(rw):
     assert _code(info) == "NoSuchUpload"
     assert "Contents" not in s3.list_objects_v2(Bucket="aborted")
     assert os.listdir(os.path.join(rw.data_dir, "disks", "0", "multipart")) == []
+
+
+def test_abandoned_uploads_and_sessions_are_cleaned_up(tmp_path):
+    """Multipart uploads and upload sessions untouched for uploads.abandoned_days go, with
+    their bytes; those still in use stay."""
+    import time as _time
+
+    from artstored.engine.multipart import MultipartUploads
+    from artstored.engine.sessions import UploadSessions
+    from artstored.engine.store import Store, StoreConfig
+    from artstored.engine.wal import Actor
+
+    actor = Actor("cl_test", "tester", "user")
+    with Store(StoreConfig(data_dir=str(tmp_path / "data"))) as store:
+        store.create_bucket("sweep-me", actor)
+        uploads, sessions = MultipartUploads(store), UploadSessions(store)
+        old = uploads.create("sweep-me", "k", actor, content_type=None, custom_attributes={})
+        part = uploads.part_writer(old, 1)
+        part.write_many([b"x" * 100])
+        part.commit()
+        session = sessions.create(10, {"original_filename": "f"}, actor)
+        soon, later = _time.time() + 1000, _time.time() + 3600
+        assert uploads.expire(1800, now=soon) == 0 and sessions.expire(1800, now=soon) == 0
+        assert [u["upload_id"] for u in uploads.list()] == [old]
+        assert os.path.exists(session["dir"])
+        assert uploads.expire(1800, now=later) == 1 and sessions.expire(1800, now=later) == 1
+        assert uploads.list() == [] and not os.path.exists(session["dir"])
+        roots = [os.path.join(d.root, "multipart") for d in store.disks]
+        assert all(not os.listdir(r) for r in roots if os.path.isdir(r))
 
 
 def test_buckets_and_keys_come_back_from_the_sidecars_alone(tmp_path):
