@@ -355,8 +355,11 @@ class Store:
         a moment ago may still be on its way from tmp/ into objects/: it is found at either
         place (``ReadView.open_content``).
         """
+        return self.open_entry(self.get(file_id))
+
+    def open_entry(self, entry: CatalogEntry):
+        """As ``open_content``, for an entry the caller has read already."""
         self.require(M.READ_CONTENT)
-        entry = self.get(file_id)
         self.content_path(entry)  # DiskOffline, naming the root, before anything else
         return entry, os.fdopen(self.view.open_content(entry), "rb")
 

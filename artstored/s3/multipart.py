@@ -135,7 +135,7 @@ async def upload_part_copy(request: web.Request) -> web.StreamResponse:
             entry = objects.resolve(snap, source, source.version)
         offset, length = _copy_range(request.headers.get("x-amz-copy-source-range"),
                                      entry.size)
-        _, fobj = store.open_content(entry.file_id)
+        _, fobj = store.open_entry(entry)
         writer = _uploads(request).part_writer(where.query["uploadId"], number)
         try:
             with fobj:

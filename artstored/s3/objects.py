@@ -242,7 +242,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
                 "Accept-Ranges": "bytes", "Content-Type": attr["content_type"]})
             built.content_length = attr["file_size"]
         else:
-            _, fobj = store.open_content(attr["file_id"])
+            _, fobj = store.open_entry(entry)
             built = download.build_response(request, attr, fobj)
         built.headers.pop("Content-Disposition", None)
         built.headers.pop("Repr-Digest", None)
@@ -396,7 +396,7 @@ async def copy_object(request: web.Request) -> web.Response:
         else:
             meta = user_metadata(request.headers)
             content_type = request.headers.get("Content-Type")
-        _, fobj = store.open_content(attr["file_id"])
+        _, fobj = store.open_entry(entry)
         writer = store.begin_upload(attr["file_size"])
         try:
             with fobj:
