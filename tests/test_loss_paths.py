@@ -21,7 +21,6 @@ from artstored.engine import wal as W
 from artstored.engine.disks import ID_FILE, Thresholds
 from artstored.engine.errors import Busy, DiskOffline, StorageFull
 from artstored.engine.groupcommit import PreparedUpload
-from artstored.engine.lmdb_schema import Env
 from artstored.engine.rebuild import rebuild_catalog
 
 ALICE = Actor("cl_alice", "alice", "user")
