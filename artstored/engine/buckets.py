@@ -94,6 +94,11 @@ def _split(raw: bytes, skip: int) -> tuple[str, str]:
 # --- kept in step by the catalog ------------------------------------------------------------
 
 
+def filename_of(key: str) -> str:
+    """The original_filename a file stored under ``key`` gets: its last path segment."""
+    return key.rstrip("/").rsplit("/", 1)[-1] or key
+
+
 def keyed(attr: dict) -> bool:
     return bool(attr.get("bucket")) and bool(attr.get("object_key"))
 
@@ -200,31 +205,9 @@ class Reader:
 
     def versions(self, bucket: str, key: str) -> list[str]:
         """File ids stored under ``key``, oldest first (empty: no such key)."""
-        db = self._db(S.DB_OBJECT_KEYS)
-        if db is None:
+        if self._db(S.DB_OBJECT_KEYS) is None:
             return []
-        start = _prefix(bucket) + key.encode("utf-8") + _SEP
-        cursor = self._txn.cursor(db=db)
-        out = []
-        if cursor.set_range(start):
-            for raw in cursor.iternext(keys=True, values=False):
-                raw = bytes(raw)
-                if not raw.startswith(start) or len(raw) != len(start) + 16:
-                    break
-                out.append(ids.key_file_id(raw[-16:]))
-        return out
-
-    def newest(self, bucket: str, key: str) -> str | None:
-        found = self.versions(bucket, key)
-        return found[-1] if found else None
-
-    def any_in(self, bucket: str) -> bool:
-        db = self._db(S.DB_OBJECT_KEYS)
-        if db is None:
-            return False
-        cursor = self._txn.cursor(db=db)
-        return cursor.set_range(_prefix(bucket)) and \
-            bytes(cursor.key()).startswith(_prefix(bucket))
+        return self._versions_at(_prefix(bucket) + key.encode("utf-8") + _SEP)
 
     def list(self, bucket: str, *, prefix: str = "", delimiter: str = "",
              after: str = "", limit: int = 1000, versions: bool = False,
@@ -269,7 +252,7 @@ class Reader:
                 if not cursor.set_range(base + rolled.encode("utf-8") + _PAST):
                     break
                 continue
-            all_versions = self._versions_at(cursor, raw[:-16])
+            all_versions = self._versions_at(raw[:-16])
             if versions:
                 newest_first = list(reversed(all_versions))
                 if resume_inside and key == after:
@@ -293,9 +276,9 @@ class Reader:
                 break
         return out
 
-    def _versions_at(self, cursor, stem: bytes) -> list[str]:
-        """The file ids of the key whose entries start with ``stem`` (key + NUL), read with
-        a second cursor so that ``cursor`` stays where it is."""
+    def _versions_at(self, stem: bytes) -> list[str]:
+        """The file ids of the key whose entries start with ``stem`` (bucket, NUL, key,
+        NUL), oldest first; read with a cursor of its own (a listing's stays where it is)."""
         other = self._txn.cursor(db=self._db(S.DB_OBJECT_KEYS))
         out = []
         if other.set_range(stem):

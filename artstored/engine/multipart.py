@@ -245,8 +245,7 @@ class MultipartUploads:
                     self._copy_part(record, part, writer)
                 writer.finish()
                 prepared = self.store.prepare_upload(writer, UploadRequest(
-                    original_filename=record["key"].rstrip("/").rsplit("/", 1)[-1]
-                    or record["key"], content_type=record.get("content_type"),
+                    original_filename=buckets.filename_of(record["key"]), content_type=record.get("content_type"),
                     custom_attributes=record.get("custom_attributes"),
                     bucket=record["bucket"], object_key=record["key"]),
                     W.Actor(**record["actor"]))

@@ -79,13 +79,9 @@ def user_metadata(headers) -> dict:
     return meta
 
 
-def _filename(key: str) -> str:
-    return key.rstrip("/").rsplit("/", 1)[-1] or key
-
-
-def _upload_request(where, headers, *, meta: dict, content_type: str | None,
+def _upload_request(where, *, meta: dict, content_type: str | None,
                     declared_sha256: str | None) -> UploadRequest:
-    return UploadRequest(original_filename=_filename(where.key), content_type=content_type,
+    return UploadRequest(original_filename=buckets.filename_of(where.key), content_type=content_type,
                          custom_attributes=meta, declared_sha256=declared_sha256,
                          bucket=where.bucket, object_key=where.key)
 
@@ -160,7 +156,7 @@ async def put_object(request: web.Request) -> web.Response:
     meta = user_metadata(request.headers)
     _check_name_first(store, where)
     attr = await store_body(request, body, lambda: _upload_request(
-        where, request.headers, meta=meta, content_type=request.headers.get("Content-Type"),
+        where, meta=meta, content_type=request.headers.get("Content-Type"),
         declared_sha256=body.declared_sha256()))
     return web.Response(status=200, headers={"ETag": etag(attr),
                                              "x-amz-version-id": attr["file_id"]})
@@ -404,7 +400,7 @@ async def copy_object(request: web.Request) -> web.Response:
                     writer.write(chunk)
             writer.finish()
             prepared = store.prepare_upload(writer, _upload_request(
-                where, request.headers, meta=meta, content_type=content_type,
+                where, meta=meta, content_type=content_type,
                 declared_sha256=attr["checksum_sha256"]), who.actor)
         except BaseException:
             writer.abort()
