@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 
 import nacl.exceptions
@@ -40,6 +41,7 @@ STATUS_TRANSITIONS = {ACTIVE: (SUSPENDED, DELETED), SUSPENDED: (ACTIVE, DELETED)
                       DELETED: ()}
 INITIAL_ADMIN_FILE = "initial-admin.json"
 MAX_GRACE_SECONDS = 7 * 86400
+_SEEN_MAX = 10_000   # entries of each token_allowed map before it is emptied
 
 
 def _hash_secret(secret: str) -> bytes:
@@ -68,8 +70,20 @@ class AccountStore:
         # Called (on the writing thread, after the commit) whenever an account or a
         # revocation changed: a cluster admin re-signs its document at once. Must be quick.
         self.change_listeners: list = []
+        # token_allowed's answers (sub -> (status, generation), jti -> revoked), read on
+        # every authenticated request. Emptied by every change below before it returns,
+        # so a suspension or revocation applies to the next request. Only this process
+        # writes these records while it runs (offline commands need the daemon stopped).
+        self._allowed_lock = threading.Lock()
+        self._allowed_epoch = 0
+        self._accounts_seen: dict[str, tuple[str, int] | None] = {}
+        self._revoked_seen: dict[str, bool] = {}
 
     def _changed(self) -> None:
+        with self._allowed_lock:
+            self._allowed_epoch += 1
+            self._accounts_seen.clear()
+            self._revoked_seen.clear()
         for listener in self.change_listeners:
             listener()
 
@@ -263,17 +277,37 @@ class AccountStore:
 
     def token_allowed(self, sub: str, generation: int, jti: str) -> bool:
         """Whether a token (already verified) may still be used: its account is active,
-        the token is of the account's current generation, and it is not revoked itself."""
-        with self.env.read() as txn:
-            raw = txn.get(sub.encode("utf-8"), db=self._db())
-            revoked_db = self.env.db(S.DB_REVOKED)
-            revoked = revoked_db is not None and \
-                txn.get(jti.encode("utf-8"), db=revoked_db) is not None
-        if raw is None or revoked:
+        the token is of the account's current generation, and it is not revoked itself.
+        Answered from memory after the first read: the LMDB read releases the GIL, and
+        the event loop then waits to get it back behind worker threads."""
+        account = self._accounts_seen.get(sub, False)
+        revoked = self._revoked_seen.get(jti)
+        if account is False or revoked is None:
+            with self._allowed_lock:
+                epoch = self._allowed_epoch
+            with self.env.read() as txn:
+                raw = txn.get(sub.encode("utf-8"), db=self._db())
+                revoked_db = self.env.db(S.DB_REVOKED)
+                revoked = revoked_db is not None and \
+                    txn.get(jti.encode("utf-8"), db=revoked_db) is not None
+            if raw is None:
+                account = None
+            else:
+                record = W.unpack(raw)
+                account = (record["status"], record.get("token_generation", 1))
+            with self._allowed_lock:
+                # A change that committed meanwhile emptied the maps: what was read
+                # before it must not be kept.
+                if epoch == self._allowed_epoch:
+                    if len(self._revoked_seen) >= _SEEN_MAX:
+                        self._revoked_seen.clear()
+                    if len(self._accounts_seen) >= _SEEN_MAX:
+                        self._accounts_seen.clear()
+                    self._accounts_seen[sub] = account
+                    self._revoked_seen[jti] = revoked
+        if account is None or revoked:
             return False
-        account = W.unpack(raw)
-        return account["status"] == ACTIVE and \
-            generation == account.get("token_generation", 1)
+        return account[0] == ACTIVE and generation == account[1]
 
     def cluster_state(self, now: float | None = None) -> tuple[dict, dict]:
         """What an admin puts in the cluster document so that every node can check tokens
