@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import http.client
+import itertools
 import json
 import os
 import random
@@ -30,6 +31,7 @@ import threading
 import time
 import urllib.parse
 
+from artstored.engine.ingest import DIRECT_BYTES
 from harness import Api, Daemon, free_port, multipart
 
 GOINGDOWN = 0x8004587D          # EXT4_IOC_SHUTDOWN == XFS_IOC_GOINGDOWN
@@ -257,9 +259,13 @@ class Workload:
             self.errors.append(f"{what}: unexpected answer {answer[0]} {str(answer[1])[:300]}")
 
     def upload_loop(self, rng: random.Random, n: int) -> None:
-        while not self.stop.is_set():
+        for i in itertools.count():
+            if self.stop.is_set():
+                break
             size = rng.choice([0, 1, 100, 4096, 70_000, 250_000, 300_000, 1_500_000,
                                rng.randint(1, 6_000_000)])
+            if n == 0 and i % 4 == 0:   # one the daemon writes with O_DIRECT (>= 32 MiB)
+                size = DIRECT_BYTES + rng.randint(1, 1 << 20)
             data = rng.randbytes(size)
             sha = hashlib.sha256(data).hexdigest()
             body, ctype = multipart({"sha256": sha, "description": f"{WORD} w{n}"},
@@ -563,7 +569,10 @@ def run_cycles(rig: PowerCutRig, ledger: Ledger, cycles: int, rng: random.Random
 
 
 def summary(ledger: Ledger) -> dict:
-    return {"uploads": len(ledger.acked), "patches": ledger.patch_count,
+    return {"uploads": len(ledger.acked),
+            "direct_io_uploads": sum(1 for _, size in ledger.acked.values()
+                                     if size >= DIRECT_BYTES),
+            "patches": ledger.patch_count,
             "deletes": len(ledger.gone), "rebuild_jobs": ledger.rebuilds,
             "mode_changes": ledger.mode_changes}
 

@@ -82,6 +82,8 @@ def test_power_cuts_lose_nothing_acknowledged(tmp_path, fstype, sync_method, mod
                        + "; lost 0, resurrected 0, partial 0")
         assert counts["cycles"] == cycles
         assert done["uploads"] > cycles, f"too few uploads acknowledged to mean much: {done}"
+        if mode == "edit":   # (in rw the element spends part of the time in ro)
+            assert done["direct_io_uploads"] >= 1, f"no O_DIRECT upload acknowledged: {done}"
         assert done["patches"] > 0 and done["rebuild_jobs"] > 0, done
         if mode == "edit":
             assert done["deletes"] > 0, done

@@ -58,6 +58,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
+def write_all_at(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def writev_all(fd: int, chunks) -> None:
     """Write a list of buffers in order, with as few writev calls as the kernel allows."""
     views = [memoryview(c).cast("B") for c in chunks if len(c)]

@@ -27,7 +27,7 @@ from .fixity import Quarantined
 from .errors import (ChecksumMismatch, FileNotFound, ModeNotAllowed, PreconditionFailed,
                      StoreLocked, UploadTooLarge, ValidationError, storage_error)
 from .groupcommit import GroupCommitter, PreparedUpload
-from .ingest import BufferedUpload, UploadWriter
+from .ingest import DIRECT_BYTES, BufferedUpload, UploadWriter
 from .lmdb_schema import DEFAULT_MAP_SIZE, META_DISKS, META_ELEMENT, Env
 from .node import NodeIdentity
 from .objectfiles import remove_object_files
@@ -203,7 +203,8 @@ class Store:
                 f"upload of {expected_size} bytes exceeds the limit of "
                 f"{self.config.max_upload_bytes}", limit=self.config.max_upload_bytes)
         disk, _ = self.disks.choose(expected_size)
-        return UploadWriter(self.disks, disk, self.config.max_upload_bytes)
+        return UploadWriter(self.disks, disk, self.config.max_upload_bytes,
+                            direct=expected_size >= DIRECT_BYTES)
 
     def retention_for(self, policy: str | None, ttl_days: int | None) -> tuple[str, int | None]:
         """(policy, ttl_days) after defaults and the mode's rules; raises ValidationError or
