@@ -121,8 +121,7 @@ async def receive_upload(request: web.Request, store, actor: Actor, max_field_by
         )
         if small:
             return store.prepare_buffered(pieces, upload, actor)
-        await blocking(writer.finish)
-        return await blocking(store.prepare_upload, writer, upload, actor)
+        return await blocking(store.finish_upload, writer, upload, actor)
     except BaseException:
         if writer is not None:
             writer.abort()  # quick (close + unlink); must run even when cancelled

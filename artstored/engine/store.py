@@ -229,6 +229,13 @@ class Store:
                                   code="invalid_retention")
         return policy, ttl
 
+    def finish_upload(self, writer: UploadWriter, request: UploadRequest,
+                      actor: W.Actor) -> PreparedUpload:
+        """``writer.finish()`` then ``prepare_upload``: one call, so that a shell makes one
+        thread hop for both. Raises what either raises; the caller then aborts the writer."""
+        writer.finish()
+        return self.prepare_upload(writer, request, actor)
+
     def prepare_upload(self, writer: UploadWriter, request: UploadRequest,
                        actor: W.Actor) -> PreparedUpload:
         """Validate the finished upload and build its attr record.
@@ -328,8 +335,7 @@ class Store:
         writer = self.begin_upload()
         try:
             writer.write_many(list(chunks))
-            writer.finish()
-            prepared = self.prepare_upload(writer, request, actor)
+            prepared = self.finish_upload(writer, request, actor)
         except BaseException:
             writer.abort()
             raise

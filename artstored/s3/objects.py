@@ -102,10 +102,9 @@ async def store_body(request: web.Request, body: Body, make_request) -> dict:
         else:
             writer = await blocking(store.begin_upload, body.expected_size)
             await stream_to_writer(body.pieces(), writer)
-            await blocking(writer.finish)
-            body.verify(writer.sha256_hex)
-            prepared = await blocking(store.prepare_upload, writer, make_request(),
+            prepared = await blocking(store.finish_upload, writer, make_request(),
                                       caller(request).actor)
+            body.verify(writer.sha256_hex)
     except BaseException:
         if writer is not None:
             writer.abort()
