@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 
+import uvloop
 from aiohttp import web
 
 from . import __version__, config as C, logs, sdnotify
@@ -459,7 +460,10 @@ def main(argv=None) -> int:
         return 2
     logs.setup(cfg["log.level"], cfg["log.file"] or None)
     try:
-        return asyncio.run(serve(cfg, lambda: C.load(args.config, overrides=overrides)))
+        # uvloop: the same asyncio API on libuv; the loop's own work per request (socket
+        # reads and writes, callbacks, futures from worker threads) is what bounds the
+        # daemon on few cores.
+        return uvloop.run(serve(cfg, lambda: C.load(args.config, overrides=overrides)))
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

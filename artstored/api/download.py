@@ -10,6 +10,7 @@ at most 64 KiB is read and written with the headers instead (cheaper at that siz
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -76,6 +77,43 @@ SLICE_BYTES = 16 << 20
 SMALL_BODY_BYTES = 64 << 10
 
 
+async def send_file_range(transport, fd: int, offset: int, count: int) -> None:
+    """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket with
+    ``sendfile(2)``, from the event loop, waiting for room in the socket without blocking it.
+
+    Works with any event loop (uvloop has no ``loop.sendfile`` for its transports): the
+    transport's own buffer (the headers) is sent first, then the socket is written through
+    a duplicate descriptor, watched for room on its own. Raises ConnectionError when the
+    client goes away, StoreCorrupt when the file ends early."""
+    loop = asyncio.get_running_loop()
+    while transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise ConnectionResetError("client went away")
+        await asyncio.sleep(0.001)
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        raise ConnectionResetError("client went away")
+    out = os.dup(sock.fileno())
+    try:
+        while count > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, count)
+            except BlockingIOError:
+                room = loop.create_future()
+                loop.add_writer(out, lambda: room.done() or room.set_result(None))
+                try:
+                    await room
+                finally:
+                    loop.remove_writer(out)
+                continue
+            if sent == 0:
+                raise StoreCorrupt("a data file ended before its recorded size")
+            offset += sent
+            count -= sent
+    finally:
+        os.close(out)
+
+
 class ContentResponse(web.StreamResponse):
     """Sends a byte range of an open file with sendfile; closes the file when done."""
 
@@ -99,7 +137,7 @@ class ContentResponse(web.StreamResponse):
                     if offset + n < end:
                         os.posix_fadvise(fd, offset + n, min(SLICE_BYTES, end - offset - n),
                                          os.POSIX_FADV_WILLNEED)
-                    await request._loop.sendfile(transport, self._fobj, offset, n)
+                    await send_file_range(transport, fd, offset, n)
                     offset += n
                 await super().write_eof()
             return writer
