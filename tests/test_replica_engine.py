@@ -10,7 +10,7 @@ from artstored.engine import replica as R
 from artstored.engine import wal as W
 from artstored.engine.errors import ChecksumMismatch, FileDeleted
 from artstored.engine.node import verify_signature
-from artstored.engine.store import UploadRequest
+from artstored.engine.uploads import UploadRequest
 
 ALICE = W.Actor("cl_alice", "alice", "user")
 BOB = W.Actor("cl_bob", "bob", "user")

@@ -591,7 +591,8 @@ def test_buckets_and_keys_come_back_from_the_sidecars_alone(tmp_path):
     """attr.json is the source of truth: with store.lmdb gone, a rebuild brings back the
     bucket records and the key index (every version) from the sidecars."""
     from artstored.engine.rebuild import rebuild_catalog
-    from artstored.engine.store import Store, StoreConfig, UploadRequest
+    from artstored.engine.store import Store, StoreConfig
+    from artstored.engine.uploads import UploadRequest
     from artstored.engine.wal import Actor
 
     actor = Actor("cl_test", "tester", "user")

@@ -25,7 +25,7 @@ from aiohttp import web
 from ..auth import roles as R
 from ..engine import attrs as A
 from ..engine.errors import BadRequest, NotReady, ValidationError
-from ..engine.store import UploadRequest
+from ..engine.uploads import UploadRequest
 from ..streaming import stream_to_writer
 from .app import actor_of, requires
 from .files import answer_stored, parse_ack

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..engine import attrs as A
 from ..engine import modes as M
 from ..engine.errors import BadRequest, UploadTooLarge, ValidationError
-from ..engine.store import UploadRequest
+from ..engine.uploads import UploadRequest
 from ..engine.wal import Actor
 from ..streaming import stream_to_writer
 from .multipart import MultipartStream, boundary_of

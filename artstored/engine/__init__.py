@@ -7,7 +7,8 @@ outside the engine reads a store through it, never LMDB itself).
 """
 
 from .errors import ArtStoreError
-from .store import Store, StoreConfig, UploadRequest
+from .store import Store, StoreConfig
+from .uploads import UploadRequest
 from .view import ReadView, Snapshot
 from .wal import Actor
 

@@ -229,7 +229,7 @@ class MultipartUploads:
         for it (Conflict ``upload_completing``). InvalidPart (also when a part's file no
         longer hashes to its record), PartTooSmall, ValidationError; and what an upload
         raises (ModeNotAllowed, StorageFull, ...), the upload kept."""
-        from .store import UploadRequest
+        from .uploads import UploadRequest
         with self.lock:
             done = self._completed.get(upload_id)
             if done is not None:

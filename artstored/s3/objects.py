@@ -32,7 +32,7 @@ from ..engine import attrs as A
 from ..engine import buckets
 from ..engine import modes as M
 from ..engine.errors import ArtStoreError, FileNotFound, ModeNotAllowed
-from ..engine.store import UploadRequest
+from ..engine.uploads import UploadRequest
 from ..streaming import stream_to_writer
 from .context import answer_when_done, caller, not_implemented, target
 from .body import Body
