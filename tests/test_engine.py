@@ -1,6 +1,7 @@
 """The engine on its own (real LMDB, real files), for what HTTP cannot reach: the clock of
 the retention GC, and crash windows at exact points of the group commit."""
 
+import errno
 import hashlib
 import json
 import os
@@ -10,7 +11,7 @@ import pytest
 
 from artstored.engine import Actor, Store, StoreConfig, UploadRequest
 from artstored.engine import wal as W
-from artstored.engine.errors import StoreLocked
+from artstored.engine.errors import StorageFull, StoreLocked
 from artstored.engine.groupcommit import PreparedUpload
 from artstored.engine.ingest import DIRECT_BLOCK, DIRECT_BYTES
 from artstored.engine.rebuild import rebuild_catalog
@@ -205,23 +206,95 @@ def test_one_process_per_data_dir(store):
         Store(StoreConfig(data_dir=store.data_dir))
 
 
+def _uneven_writes(writer, data: bytes) -> None:
+    offset, step = 0, 1
+    while offset < len(data):   # 1 byte, then growing pieces, never block-aligned
+        writer.write_many([data[offset:offset + step]])
+        offset += step
+        step = step * 7 + 3
+
+
+def _commit_and_read(store, writer) -> tuple[dict, bytes]:
+    attr = store.commit_upload(store.finish_upload(
+        writer, UploadRequest(original_filename="big.bin"), ALICE)).result()
+    _, f = store.open_content(attr["file_id"])
+    with f:
+        return attr, f.read()
+
+
+def _takes_o_direct(directory: str) -> bool:
+    try:
+        os.close(os.open(directory, os.O_RDONLY | os.O_DIRECT))
+        probe = os.path.join(directory, ".probe")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("size", [DIRECT_BYTES, DIRECT_BYTES + 1, DIRECT_BYTES + 4095,
                                   DIRECT_BYTES + DIRECT_BLOCK + 12345])
 def test_large_uploads_bypass_the_page_cache_byte_exact(store, size):
     """An upload announced as large is written with O_DIRECT in aligned blocks and its tail
-    through the page cache: the stored file is the bytes sent, whatever the chunking."""
+    through the page cache (where the filesystem takes O_DIRECT; cached otherwise): the
+    stored file is the bytes sent, whatever the chunking."""
     data = os.urandom(size)
     writer = store.begin_upload(size)
-    assert writer._direct_fd is not None, "this filesystem should take O_DIRECT"
-    offset, step = 0, 1
-    while offset < size:   # uneven pieces: 1 byte, then growing, never block-aligned
-        writer.write_many([data[offset:offset + step]])
-        offset += step
-        step = step * 7 + 3
-    writer.finish()
-    attr = store.commit_upload(store.prepare_upload(
-        writer, UploadRequest(original_filename="big.bin"), ALICE)).result()
+    assert (writer._direct_fd is not None) == _takes_o_direct(writer.disk.tmp)
+    _uneven_writes(writer, data)
+    attr, stored = _commit_and_read(store, writer)
     assert attr["checksum_sha256"] == hashlib.sha256(data).hexdigest()
-    _, f = store.open_content(attr["file_id"])
-    with f:
-        assert f.read() == data
+    assert stored == data
+
+
+def test_a_device_refusing_o_direct_writes_gets_cached_writes(store, monkeypatch):
+    """EINVAL from the first O_DIRECT write (a device with larger logical blocks): the
+    upload goes on through the page cache, byte-exact."""
+    data = os.urandom(DIRECT_BYTES + 777)
+    writer = store.begin_upload(len(data))
+    if writer._direct_fd is None:
+        pytest.fail("this filesystem does not take O_DIRECT; the refusal cannot be staged")
+    real_pwrite, direct_fd = os.pwrite, writer._direct_fd
+
+    def pwrite(fd, data, offset):
+        if fd == direct_fd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    _uneven_writes(writer, data)
+    assert writer._direct_fd is None
+    monkeypatch.undo()
+    assert _commit_and_read(store, writer)[1] == data
+
+
+def test_a_disk_full_during_an_o_direct_upload_leaves_nothing(store, monkeypatch):
+    """ENOSPC from an O_DIRECT write: StorageFull, and abort leaves no temporary file and
+    no open descriptor behind."""
+    writer = store.begin_upload(DIRECT_BYTES + 1)
+    if writer._direct_fd is None:
+        pytest.fail("this filesystem does not take O_DIRECT; the failure cannot be staged")
+    real_pwrite, direct_fd, calls = os.pwrite, writer._direct_fd, []
+
+    def pwrite(fd, data, offset):
+        if fd == direct_fd:
+            calls.append(offset)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(StorageFull):
+        writer.write_many([os.urandom(3 * DIRECT_BLOCK)])
+    writer.abort()
+    assert not os.path.exists(writer.tmp_path)
+    assert writer._fd is None and writer._direct_fd is None
+    still_open = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(writer.tmp_path):
+                still_open.append(fd)
+        except OSError:
+            pass   # the listing's own descriptor, gone
+    assert not still_open, "a descriptor of the aborted upload is still open"
+

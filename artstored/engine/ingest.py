@@ -1,6 +1,7 @@
 """Streaming one upload's bytes into ``tmp/`` on a disk, hashing them as they stream.
 
-An ``UploadWriter`` never holds more than the chunk it is given. The size limit and the
+An ``UploadWriter`` holds no more than the chunk it is given (one that writes around the
+page cache, at most one DIRECT_BLOCK besides). The size limit and the
 disk's reserve are enforced on every chunk, so an oversized or disk-filling upload fails as
 soon as it crosses the line, not after the whole body has arrived. Space is claimed from the
 DiskSet ahead of the bytes (in slabs, so a streaming upload asks rarely) and given back as
@@ -33,10 +34,13 @@ SYNC_OWN_BYTES = 1 << 20
 # of DIRECT_BLOCK through one buffer). Their dirty pages would otherwise be flushed by
 # every group commit's syncfs, and by ext4's ordered-mode journal commits, so that a
 # small upload beside a streaming 1 GiB one waited for the big one's data to reach the
-# disk. The last partial block goes through the page cache; ``finish`` flushes it.
+# disk. The last part shorter than DIRECT_ALIGN goes through the page cache, where
+# ``finish``'s fdatasync flushes it. A filesystem or device that refuses O_DIRECT (EINVAL,
+# EOPNOTSUPP: tmpfs, a larger logical block) gets cached writes instead.
 DIRECT_BYTES = 32 << 20
 DIRECT_BLOCK = 512 << 10
 DIRECT_ALIGN = 4096
+_NO_DIRECT = (errno.EINVAL, errno.EOPNOTSUPP)
 
 # SHA-256 (~1.5 GB/s a core) runs here while the uploader's own thread writes the same
 # bytes: hashing and writing overlap instead of adding up. hashlib releases the GIL.
@@ -82,20 +86,25 @@ class UploadWriter:
     def _open_direct(self) -> None:
         try:
             self._direct_fd = os.open(self.tmp_path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+            self._block = mmap.mmap(-1, DIRECT_BLOCK)   # page-aligned, as O_DIRECT needs
         except OSError as exc:
-            if exc.errno != errno.EINVAL:   # a filesystem without O_DIRECT (tmpfs): cached
-                os.close(self._fd)
-                os.unlink(self.tmp_path)
-                raise storage_error(exc) from exc
-            return
-        self._block = mmap.mmap(-1, DIRECT_BLOCK)   # page-aligned, as O_DIRECT needs
+            if self._direct_fd is not None:
+                os.close(self._direct_fd)
+                self._direct_fd = None
+            if exc.errno in _NO_DIRECT:
+                return                                  # cached writes, as for small files
+            os.close(self._fd)
+            self._fd = None
+            os.unlink(self.tmp_path)
+            raise storage_error(exc) from exc
         self._filled = 0          # bytes in _block not yet on the disk
         self._on_disk = 0         # bytes written through _direct_fd (a multiple of ALIGN)
 
     def write_many(self, chunks) -> None:
         """Write the chunks in order: the batch is checked against the limits first (so a
         refused batch writes nothing), then hashed with SHA-256 in another thread while this
-        one feeds XXH3 and writes it with one writev (no copy of the chunks)."""
+        one feeds XXH3 and writes it: with one writev (no copy of the chunks), or around
+        the page cache through the aligned block."""
         with self._lock:
             if self._fd is None:
                 raise ValueError("upload already finished or aborted")
@@ -103,6 +112,7 @@ class UploadWriter:
             self._check_room(n)
             hashing = _HASHERS.submit(_update_all, self._sha256, chunks) if n >= 65536 \
                 else None
+            held = self._held()
             try:
                 if hashing is None:
                     _update_all(self._sha256, chunks)
@@ -112,9 +122,11 @@ class UploadWriter:
                 if hashing is not None:
                     hashing.result()
             self.size += n
-            # Written: the bytes now count in the filesystem's free space itself.
-            self._claimed -= n
-            self.disks.release(self.disk, n)
+            # Written: those bytes now count in the filesystem's free space itself (what
+            # waits in the aligned block stays claimed).
+            landed = n + held - self._held()
+            self._claimed -= landed
+            self.disks.release(self.disk, landed)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.write_many([chunk])
@@ -133,6 +145,9 @@ class UploadWriter:
                 slab = want
             self._claimed += slab
 
+    def _held(self) -> int:
+        return self._filled if self._direct_fd is not None else 0
+
     def _release_claim(self) -> None:
         self.disks.release(self.disk, self._claimed)
         self._claimed = 0
@@ -142,30 +157,48 @@ class UploadWriter:
             if self._direct_fd is None:
                 durable.writev_all(self._fd, chunks)
                 return
-            for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                while view:
-                    n = min(len(view), DIRECT_BLOCK - self._filled)
-                    self._block[self._filled:self._filled + n] = view[:n]
-                    self._filled += n
-                    view = view[n:]
-                    if self._filled == DIRECT_BLOCK:
-                        self._write_direct(DIRECT_BLOCK)
+            pending = [memoryview(c).cast("B") for c in chunks if len(c)]
+            while pending:
+                if self._direct_fd is None:     # the device refused O_DIRECT: cached
+                    durable.writev_all(self._fd, pending)
+                    return
+                n = min(len(pending[0]), DIRECT_BLOCK - self._filled)
+                self._block[self._filled:self._filled + n] = pending[0][:n]
+                self._filled += n
+                pending[0] = pending[0][n:]
+                if not pending[0]:
+                    pending.pop(0)
+                if self._filled == DIRECT_BLOCK:
+                    self._write_direct(DIRECT_BLOCK)
         except OSError as exc:
             raise storage_error(exc) from exc
 
     def _write_direct(self, n: int) -> None:
-        """Write the first ``n`` (aligned) bytes of the block; keep the rest at its start."""
-        whole = memoryview(self._block)
-        done = 0
-        while done < n:
-            done += os.pwrite(self._direct_fd, whole[done:n], self._on_disk + done)
+        """Write the first ``n`` (aligned) bytes of the block; keep the rest at its start.
+        A device that refuses the first O_DIRECT write gets this upload through the page
+        cache instead."""
+        with memoryview(self._block) as whole:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self._direct_fd, whole[done:n], self._on_disk + done)
+            except OSError as exc:
+                if exc.errno not in _NO_DIRECT or self._on_disk or done:
+                    raise
+                durable.write_all_at(self._fd, whole[:self._filled], 0)
+                os.lseek(self._fd, self._filled, os.SEEK_SET)
+                self._filled = 0
+                fallback = True
+            else:
+                fallback = False
+        if fallback:
+            self._close_direct()
+            return
         self._on_disk += n
         rest = self._filled - n
         if rest:
             self._block.move(0, n, rest)
         self._filled = rest
-        whole.release()
 
     def _finish_direct(self) -> None:
         """The aligned part of what is buffered through O_DIRECT, the tail through the
@@ -178,17 +211,21 @@ class UploadWriter:
                 durable.write_all_at(self._fd, whole[:self._filled], self._on_disk)
 
     def _close_direct(self) -> None:
+        """Close the O_DIRECT descriptor and let the block go; never raises for the block."""
         if self._direct_fd is not None:
-            os.close(self._direct_fd)
-            self._direct_fd = None
-            self._block.close()
+            fd, self._direct_fd = self._direct_fd, None
+            block, self._block = self._block, None
+            try:
+                block.close()
+            except BufferError:
+                pass    # a traceback still holds a view of it: freed with that traceback
+            os.close(fd)
 
     def finish(self) -> None:
         """Close the file and set the digests. A file of SYNC_OWN_BYTES or more is flushed
         to stable storage here, by its own thread and in parallel with other uploads; a
         smaller one is left to the group commit's single flush of its batch."""
         with self._lock:
-            self._release_claim()
             try:
                 if self._direct_fd is not None:
                     self._finish_direct()
@@ -198,9 +235,12 @@ class UploadWriter:
             except OSError as exc:
                 raise storage_error(exc) from exc
             finally:
-                self._close_direct()
-                os.close(self._fd)
-                self._fd = None
+                self._release_claim()
+                fd, self._fd = self._fd, None
+                try:
+                    self._close_direct()
+                finally:
+                    os.close(fd)
         self.sha256_hex = self._sha256.hexdigest()
         self.xxh3_hex = self._xxh3.hexdigest()
 
@@ -209,10 +249,12 @@ class UploadWriter:
         already gone."""
         with self._lock:
             self._release_claim()
-            self._close_direct()
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                self._close_direct()
+            finally:
+                if fd is not None:
+                    os.close(fd)
         try:
             os.unlink(self.tmp_path)
         except FileNotFoundError:
