@@ -81,30 +81,27 @@ async def send_file_range(transport, fd: int, offset: int, count: int) -> None:
     """Send ``count`` bytes of file ``fd`` from ``offset`` on ``transport``'s socket with
     ``sendfile(2)``, from the event loop, waiting for room in the socket without blocking it.
 
-    Works with any event loop (uvloop has no ``loop.sendfile`` for its transports): the
-    transport's own buffer (the headers) is sent first, then the socket is written through
-    a duplicate descriptor, watched for room on its own. Raises ConnectionError when the
-    client goes away, StoreCorrupt when the file ends early."""
+    Works with any event loop (uvloop has no ``loop.sendfile`` for its transports): what
+    the transport holds (the headers) is sent first, then the socket is written through a
+    duplicate descriptor, watched for room on its own. Raises ConnectionResetError when the
+    transport is closed meanwhile or the client takes nothing for SEND_STALL_SECONDS (it is
+    let go as if it had left), StoreCorrupt when the file ends early. Like asyncio's own sendfile,
+    a read of the file that misses the page cache blocks the loop for that read.
+    """
     loop = asyncio.get_running_loop()
-    while transport.get_write_buffer_size():
-        if transport.is_closing():
-            raise ConnectionResetError("client went away")
-        await asyncio.sleep(0.001)
-    sock = transport.get_extra_info("socket")
-    if sock is None or transport.is_closing():
-        raise ConnectionResetError("client went away")
-    out = os.dup(sock.fileno())
+    pause = 0.001
+    while transport.get_write_buffer_size():     # rare: the headers did not fit the socket
+        _require_open(transport)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    _require_open(transport)
+    out = os.dup(transport.get_extra_info("socket").fileno())
     try:
         while count > 0:
             try:
                 sent = os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                room = loop.create_future()
-                loop.add_writer(out, lambda: room.done() or room.set_result(None))
-                try:
-                    await room
-                finally:
-                    loop.remove_writer(out)
+                await _room(loop, transport, out)
                 continue
             if sent == 0:
                 raise StoreCorrupt("a data file ended before its recorded size")
@@ -112,6 +109,34 @@ async def send_file_range(transport, fd: int, offset: int, count: int) -> None:
             count -= sent
     finally:
         os.close(out)
+
+
+SEND_STALL_SECONDS = 60.0     # a client that takes no byte for this long is let go
+_CHECK_SECONDS = 1.0          # how often a wait for room looks whether the client left
+
+
+def _require_open(transport) -> None:
+    if transport.is_closing() or transport.get_extra_info("socket") is None:
+        raise ConnectionResetError("client went away")
+
+
+async def _room(loop, transport, out: int) -> None:
+    """Until socket ``out`` takes more bytes; ConnectionResetError if the transport is
+    closed meanwhile or after SEND_STALL_SECONDS."""
+    deadline = loop.time() + SEND_STALL_SECONDS
+    while True:
+        room = loop.create_future()
+        loop.add_writer(out, lambda: room.done() or room.set_result(None))
+        try:
+            await asyncio.wait_for(room, _CHECK_SECONDS)
+            return
+        except asyncio.TimeoutError:
+            _require_open(transport)
+            if loop.time() >= deadline:
+                raise ConnectionResetError("the client took no data for "
+                                           f"{SEND_STALL_SECONDS:.0f} s") from None
+        finally:
+            loop.remove_writer(out)
 
 
 class ContentResponse(web.StreamResponse):
