@@ -6,9 +6,11 @@ Applying a record is idempotent (an upsert deletes the file's document and adds 
 the same commit), so replaying a record already applied never doubles an entry.
 
 One thread owns the index writer. It wakes when the store commits (``Store.add_commit_
-listener``) or once a second, applies what is new, commits (~30 ms whatever the batch; at
-most once per ``COMMIT_GAP_SECONDS``), and reloads the searcher. An index that is missing, unreadable or of another schema version is
-rebuilt from the catalog; ``reindex()`` does the same on request. It reads the store only
+listener``) or once a second, applies what is new, commits (~30 ms whatever the batch),
+and reloads the searcher. Following a busy store it waits ``COMMIT_GAP_SECONDS`` after a
+commit before the next, so that records gather; a backlog is committed batch by batch.
+An index that is missing, unreadable or of another schema version is rebuilt from the
+catalog; ``reindex()`` does the same on request. It reads the store only
 through the engine's ReadView (the WAL after a sequence, the catalog in one snapshot).
 """
 
@@ -35,7 +37,7 @@ APPLY_BATCH = 5000
 WRITER_HEAP = 64 * 1024 * 1024
 WRITER_THREADS = 2
 IDLE_WAKE_SECONDS = 1.0
-# At most one commit this often. A commit costs ~30 ms and several fsyncs on the data
+# Between commits while following. A commit costs ~30 ms and several fsyncs on the data
 # filesystem whatever it holds; committing after every upload batch made the group
 # commit's own flushes wait behind Tantivy's (single-client 4 KiB PUT: 129/s with a
 # commit per batch, 235/s with one per 0.25 s). Search lags the catalog by this much more.
