@@ -224,7 +224,6 @@ def _commit_and_read(store, writer) -> tuple[dict, bytes]:
 
 def _takes_o_direct(directory: str) -> bool:
     try:
-        os.close(os.open(directory, os.O_RDONLY | os.O_DIRECT))
         probe = os.path.join(directory, ".probe")
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
         os.close(fd)
