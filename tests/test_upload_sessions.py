@@ -126,6 +126,17 @@ def test_session_keeps_every_byte_that_arrived_and_makes_one_file(daemon):
     assert _json(daemon, "POST", "/api/v1/uploads",
                  {"original_filename": "x", "size": 1, "colour": 1})[1]["code"] == \
         "unknown_field"
+    # Fields of the wrong JSON type are refused as such (the fuzzer once got a 500).
+    for field, value, code in (("original_filename", ["a"], "invalid_filename"),
+                               ("original_filename", True, "invalid_filename"),
+                               ("content_type", 7, "invalid_content_type"),
+                               ("description", {"a": 1}, "invalid_description"),
+                               ("ttl_days", True, "invalid_retention")):
+        body = {"original_filename": "x", "size": 1, field: value}
+        if field == "ttl_days":
+            body["retention_policy"] = "temporary"
+        status, problem = _json(daemon, "POST", "/api/v1/uploads", body)
+        assert (status, problem["code"]) == (422, code), (field, value, status, problem)
     # A transfer cut short: announce everything, send half, drop the connection once the
     # daemon has written some of it.
     conn = socket.create_connection(("127.0.0.1", daemon.port))

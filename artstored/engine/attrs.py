@@ -83,6 +83,8 @@ def parse_time(text: str) -> datetime:
 def validate_original_filename(name: str | None) -> str:
     if name is None or name == "":
         raise ValidationError("the file part needs a filename", code="invalid_filename")
+    if not isinstance(name, str):
+        raise ValidationError("the filename must be a string", code="invalid_filename")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in name):
         raise ValidationError("filename is not valid Unicode", code="invalid_filename")
     if len(name.encode("utf-8")) > MAX_FILENAME_BYTES:
@@ -107,8 +109,10 @@ def validate_description(text: str | None) -> str:
 
 
 def validate_content_type(value: str | None) -> str:
-    if not value:
+    if value is None or value == "":
         return DEFAULT_CONTENT_TYPE
+    if not isinstance(value, str):
+        raise ValidationError("the content type must be a string", code="invalid_content_type")
     value = value.strip()
     if len(value) > MAX_CONTENT_TYPE_CHARS or not _CONTENT_TYPE_RE.match(value):
         raise ValidationError(f"invalid content type {value[:80]!r}",

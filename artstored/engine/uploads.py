@@ -75,7 +75,8 @@ class Uploads:
                                       code="invalid_retention")
             return policy, None
         ttl = TTL_DAYS_DEFAULT if ttl_days is None else ttl_days
-        if not isinstance(ttl, int) or not TTL_DAYS_MIN <= ttl <= TTL_DAYS_MAX:
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or \
+                not TTL_DAYS_MIN <= ttl <= TTL_DAYS_MAX:
             raise ValidationError(f"ttl_days must be {TTL_DAYS_MIN}-{TTL_DAYS_MAX}",
                                   code="invalid_retention")
         return policy, ttl
