@@ -72,7 +72,14 @@ def _scrub(server: Server, body: dict, while_running=None) -> tuple[dict, float]
     started = time.perf_counter()
     job = _request(server, "POST", "/api/v1/element/scrub", body)
     stop = threading.Event()
-    side = threading.Thread(target=while_running, args=(stop,)) if while_running else None
+    failures: list[BaseException] = []
+
+    def side_work():
+        try:
+            while_running(stop)
+        except BaseException as exc:    # fails the run below, not only this thread
+            failures.append(exc)
+    side = threading.Thread(target=side_work) if while_running else None
     if side:
         side.start()
     while job["state"] in ("queued", "running"):
@@ -82,6 +89,8 @@ def _scrub(server: Server, body: dict, while_running=None) -> tuple[dict, float]
     stop.set()
     if side:
         side.join()
+    if failures:
+        raise RuntimeError(f"the load beside the scrub failed: {failures[0]!r}")
     assert job["state"] == "succeeded", job
     return job, seconds
 
@@ -104,7 +113,10 @@ def throughput(work: str, label: str, count: int, size: int) -> dict:
 
 
 def many_small(work: str, count: int, samples: int) -> dict:
-    with fresh_filesystem(os.path.join(work, "scrub-many"), 8 << 30) as (mount, fs):
+    # Two inodes a file (data, attr.json): ext4 gives one per 16 KiB, so 64 KiB of image a
+    # file (250,000 files ran out of inodes on 8 GiB: uploads beside the scrub got 507).
+    with fresh_filesystem(os.path.join(work, "scrub-many"), max(8 << 30, count * (64 << 10))) \
+            as (mount, fs):
         data_dir = os.path.join(mount, "data")
         started = time.perf_counter()
         _populate(data_dir, count, 4096)
