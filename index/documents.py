@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import tantivy
 
 from ..engine import attrs as A
+from .pairs import PAIRS_FIELD, pairs_of
 from .schema import KIND_FILE, KIND_STATE
 
 STATE_ID = "__index_state__"
@@ -41,16 +42,20 @@ def file_document(attr: dict) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_text("file_id", attr["file_id"])
     doc.add_text("kind", KIND_FILE)
-    doc.add_text("filename", attr.get("original_filename") or "")
+    texts = {"filename": attr.get("original_filename") or ""}
     if attr.get("description"):
-        doc.add_text("description", attr["description"])
+        texts["description"] = attr["description"]
     attrs = attr.get("custom_attributes") or {}
     if attrs:
         doc.add_json("attr", attrs)
         doc.add_json("attr_exact", attrs)
-        doc.add_text("attr_text", " ".join(_texts(attrs)))
+        texts["attr_text"] = " ".join(_texts(attrs))
     content_type = attr.get("content_type") or ""
-    doc.add_text("content_type", content_type)
+    texts["content_type"] = content_type
+    for field, text in texts.items():
+        doc.add_text(field, text)
+        for pair in pairs_of(field, text):
+            doc.add_text(PAIRS_FIELD, pair)
     doc.add_text("content_type_exact", content_type.split(";")[0].strip().lower())
     for creator in {attr.get("created_by_id"), attr.get("created_by_username")}:
         if creator:

@@ -17,6 +17,7 @@ created_at      date: ``created_at:[2024-01-01T00:00:00Z TO 2025-01-01T00:00:00Z
 size            bytes: ``size:[1000000 TO *]``
 retention       ``permanent`` or ``temporary``
 file_id         exact
+pairs           adjacent analysed words of the default fields (``index.pairs``)
 =============== ======================================================================
 
 Text is analysed once for both languages: Snowball's Russian stemmer acts only on Cyrillic
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import tantivy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ANALYZER = "artstore_text"
 
 DEFAULT_FIELDS = ["filename", "description", "attr_text", "content_type"]
@@ -63,6 +64,8 @@ def build_schema() -> tantivy.Schema:
     sb.add_text_field("content_type", tokenizer_name=ANALYZER)
     sb.add_text_field("content_type_exact", tokenizer_name="raw")
     sb.add_text_field("creator", tokenizer_name="raw")
+    # Adjacent word pairs of the default fields, one term each: two-word phrases (pairs.py).
+    sb.add_text_field("pairs", tokenizer_name="raw", index_option="freq")
     sb.add_text_field("retention", tokenizer_name="raw")
     sb.add_date_field("created_at", indexed=True)
     # Tantivy dates are indexed to the second: filters use microseconds.

@@ -27,6 +27,7 @@ import tantivy
 
 from ..engine.errors import BadRequest
 from . import documents as D
+from .pairs import rewrite_phrases
 from .schema import DEFAULT_FIELDS, FIELD_BOOSTS, KIND_FILE, QUERY_FIELDS
 
 RELEVANCE, CREATED_AT = "relevance", "created_at"
@@ -69,7 +70,7 @@ class SearchPage:
     total: int
     next_cursor: str | None
     searcher: tantivy.Searcher
-    query: tantivy.Query
+    query: tantivy.Query       # the user's query as written (what snippets highlight)
 
 
 _AND_NOT = re.compile(r"\bAND\s+NOT\s+")
@@ -100,19 +101,29 @@ class SearchService:
     def __init__(self, follower):
         self.follower = follower
         self.schema = follower.schema
-        self._snapshots: OrderedDict[str, tuple[float, tantivy.Searcher, tantivy.Query]] = \
-            OrderedDict()
+        # snapshot id -> (deadline, searcher, query run, the user's query as written)
+        self._snapshots: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()
 
     # --- building the query ---------------------------------------------------------------
 
-    def user_query(self, text: str) -> tantivy.Query:
+    def user_query(self, text: str, *, phrases_as_pairs: bool = True) -> tantivy.Query:
+        """The query ``text`` means; BadRequest ``invalid_query``/``unknown_field`` if it
+        cannot be read. ``phrases_as_pairs``: two-word phrases looked up as word pairs
+        (``index.pairs``: the same documents, found faster); without it, as written (what
+        snippets highlight)."""
         if not text.strip():
             return tantivy.Query.all_query()
         text = normalize_query(text)
+        if phrases_as_pairs:
+            rewritten = rewrite_phrases(text)
+            if rewritten != text:
+                try:
+                    return self._parse(rewritten)
+                except ValueError:
+                    pass        # reported below, in the user's own terms
         try:
-            return self.follower.index.parse_query(text, DEFAULT_FIELDS,
-                                                   field_boosts=FIELD_BOOSTS)
+            return self._parse(text)
         except ValueError as exc:
             message = str(exc)
             unknown = re.match(r"Field does not exist: '(.*)'", message)
@@ -127,6 +138,9 @@ class SearchService:
             details = [str(p).removeprefix("Syntax Error: ") for p in problems] or [message]
             raise BadRequest(f"cannot parse the query {text[:200]!r}: {'; '.join(details)}",
                              code="invalid_query", errors=details) from None
+
+    def _parse(self, text: str) -> tantivy.Query:
+        return self.follower.index.parse_query(text, DEFAULT_FIELDS, field_boosts=FIELD_BOOSTS)
 
     def _term(self, field_name: str, value) -> tantivy.Query:
         return tantivy.Query.term_query(self.schema, field_name, value)
@@ -207,7 +221,10 @@ class SearchService:
         next_cursor = None
         if more and hits:
             next_cursor = f"k{req.order[0]}{D.order_key(hits[-1].file_id)}"
-        return SearchPage(hits, total, next_cursor, searcher, query)
+        return SearchPage(hits, total, next_cursor, searcher, self._as_written(req))
+
+    def _as_written(self, req: SearchRequest) -> tantivy.Query:
+        return self.user_query(req.q, phrases_as_pairs=False)
 
     def _search_relevance(self, req: SearchRequest) -> SearchPage:
         if req.cursor:
@@ -218,11 +235,11 @@ class SearchService:
             if found is None:
                 raise BadRequest("the cursor's result set has expired; start the search again",
                                  code="cursor_expired")
-            _, searcher, query = found
+            _, searcher, query, written = found
         else:
             snapshot_id, offset = secrets.token_urlsafe(9), 0
             searcher = self.follower.searcher()
-            query = self._combined(req)
+            query, written = self._combined(req), self._as_written(req)
         result = searcher.search(query, req.limit + 1, count=True, offset=offset)
         hits = [Hit(_file_id(searcher, addr), float(score), addr)
                 for score, addr in result.hits]
@@ -231,16 +248,17 @@ class SearchService:
         next_cursor = None
         if more:
             with self._lock:
-                self._snapshots[snapshot_id] = (time.monotonic() + SNAPSHOT_TTL, searcher, query)
+                self._snapshots[snapshot_id] = (time.monotonic() + SNAPSHOT_TTL, searcher, query,
+                                                written)
                 self._snapshots.move_to_end(snapshot_id)
                 while len(self._snapshots) > SNAPSHOT_MAX:
                     self._snapshots.popitem(last=False)
             next_cursor = f"r{snapshot_id}.{offset + len(hits)}"
-        return SearchPage(hits, result.count, next_cursor, searcher, query)
+        return SearchPage(hits, result.count, next_cursor, searcher, written)
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (deadline, _, _) in self._snapshots.items() if deadline < now]:
+        for key in [k for k, (deadline, *_) in self._snapshots.items() if deadline < now]:
             del self._snapshots[key]
 
     # --- snippets -------------------------------------------------------------------------
