@@ -243,8 +243,7 @@ class MultipartUploads:
             try:
                 for part in chosen:
                     self._copy_part(record, part, writer)
-                writer.finish()
-                prepared = self.store.prepare_upload(writer, UploadRequest(
+                prepared = self.store.finish_upload(writer, UploadRequest(
                     original_filename=buckets.filename_of(record["key"]), content_type=record.get("content_type"),
                     custom_attributes=record.get("custom_attributes"),
                     bucket=record["bucket"], object_key=record["key"]),

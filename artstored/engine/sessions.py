@@ -240,8 +240,7 @@ class UploadSessions:
             writer = self.store.begin_upload(record["size"])
             try:
                 self._copy(record, writer)
-                writer.finish()
-                prepared = self.store.prepare_upload(
+                prepared = self.store.finish_upload(
                     writer, build_request(record["fields"]), W.Actor(**record["actor"]))
             except BaseException:
                 writer.abort()

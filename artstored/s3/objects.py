@@ -397,8 +397,7 @@ async def copy_object(request: web.Request) -> web.Response:
             with fobj:
                 while chunk := fobj.read(1 << 20):
                     writer.write(chunk)
-            writer.finish()
-            prepared = store.prepare_upload(writer, _upload_request(
+            prepared = store.finish_upload(writer, _upload_request(
                 where, meta=meta, content_type=content_type,
                 declared_sha256=attr["checksum_sha256"]), who.actor)
         except BaseException:
