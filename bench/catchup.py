@@ -14,14 +14,17 @@ done). Each repeat (full 2, quick 1; catch-up and rsync interleaved):
   weights) and their bytes B are noted. Node 2 stays down at least 3 s after the last
   upload (``PUSH_GRACE_SECONDS``: a follower waits that long on a fresh record).
 - catch-up: ``sync``, page cache dropped (``echo 3 > /proc/sys/vm/drop_caches``), node 2
-  restarted. Timed from the restart, and from ``/health/ready`` (the node is up and
+  restarted. Timed from the restart, and from when it is ready (the node is up and
   serving again: the goal's measure; a node coming back has to start whether it then
   catches up by itself or is copied to by rsync, and its start, ~1 s here, is a fixed
-  cost that an outage of real size makes small), until node 2 holds every file it owns: its catalog's file count (``GET
-  /api/v1/element``, a few hundred bytes) polled every 100 ms; once it has grown by the
-  number owned, its catalog is listed (``GET /api/v1/files``, which never proxies) and
-  each file confirmed (``GET /api/v1/files/{id}`` 200 without ``X-ArtStore-Served-By``).
-  Rate B / time. The daemon's copies are durable when counted (fsynced and committed).
+  cost that an outage of real size makes small), until node 2 holds every file it owns.
+  Both ends are the daemon's own clock readings: the start is its logged "ready" line,
+  the end the commit time of its last copy (its WAL record's, read back from the public
+  change feed ``GET /api/v1/changes``). Completion is detected by polling its catalog's
+  file count (``GET /api/v1/element``) every 50 ms; once it has grown by the number
+  owned, its catalog is listed (``GET /api/v1/files``, which never proxies) and each file
+  confirmed (``GET /api/v1/files/{id}`` 200 without ``X-ArtStore-Served-By``). Rate B /
+  time. The daemon's copies are durable when counted (fsynced and committed).
 - rsync: the same files' data (hard links to node 0's object files, found through their
   ``attr.json`` sidecars) served by ``rsync --daemon`` inside node 0's namespace, pulled
   by ``rsync -a --fsync`` inside node 2's namespace into an empty directory on the same
@@ -39,6 +42,7 @@ half of them had arrived. Goal (issue 15): catch-up from ready >= 0.8x rsync's r
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -133,22 +137,55 @@ def count(cl: Client) -> int:
     return json.loads(body)["files"]
 
 
+def committed_at(cl: Client, file_ids: set[str]) -> dict[str, float]:
+    """file id → when node 2 committed its copy (its WAL record's time, from the public
+    change feed ``GET /api/v1/changes``; microseconds, this machine's clock)."""
+    out, after = {}, 0
+    while True:
+        status, _, body = cl.request("GET", f"/api/v1/changes?after={after}&limit=1000")
+        assert status == 200, body[:200]
+        page = json.loads(body)
+        for item in page["items"]:
+            if item["kind"] == "file.create" and item["file_id"] in file_ids:
+                out[item["file_id"]] = item["time_us"] / 1e6
+        if not page["items"]:
+            return out
+        after = page["next_after"]
+
+
+def ready_at(log_path: str) -> float:
+    """When the daemon logging to ``log_path`` last said it was ready (its JSON log line's
+    time, to the millisecond): the start of a catch-up, which begins once it serves."""
+    when = None
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if '"ready"' in line:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("msg") == "ready":
+                    when = entry["ts"]
+    assert when, f"no 'ready' line in {log_path}"
+    return datetime.datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
+
+
 def catch_up(c: Cluster, owned: set[str], baseline: int) -> dict:
     """Restart node 2 (which held ``baseline`` files when killed); seconds until it holds
-    every file of ``owned``."""
+    every file of ``owned``. The start and end are the daemon's own: its logged "ready"
+    and the commit time of the last copy (its change feed), not when polling saw them
+    (polls 50 ms apart would add up to 50 ms at each end of a run under a second)."""
     pushed = lambda: [c.status(i)["replication"]["pushed"] for i in (0, 1)]  # noqa: E731
     before = pushed()
     drop_caches()
     t0, wall0 = time.monotonic(), time.time()
     c.nodes[2].start()                               # waits for /health/ready
-    ready = time.monotonic() - t0
-    cl, timeline, sweeps = Client(c, 2), [], []
+    cl, sweeps = Client(c, 2), []
     while True:
         s = time.monotonic()
         n = count(cl) - baseline
         now = time.monotonic()
         sweeps.append(now - s)
-        timeline.append((now - t0, n))
         if n >= len(owned) and len(held(cl) & owned) == len(owned):
             bad = [f for f in sorted(owned) if not _local(cl, f)]
             if not bad:
@@ -157,14 +194,18 @@ def catch_up(c: Cluster, owned: set[str], baseline: int) -> dict:
         if now - t0 > TIMEOUT:
             raise RuntimeError(f"node 2 holds {n} of {len(owned)} after {TIMEOUT} s")
         time.sleep(max(0.0, SWEEP - (time.monotonic() - s)))
-    done = timeline[-1][0]
+    times = sorted(committed_at(cl, owned).values())
+    if len(times) != len(owned):
+        raise RuntimeError(f"node 2's feed shows {len(times)} of {len(owned)} copies")
+    ready = ready_at(c.nodes[2].log_path) - wall0
+    done = times[-1] - wall0
     c.wait_all_alive()
     wait_until(lambda: c.status(2)["replication"]["anti_entropy"]["last_full_pass"], 60,
                "node 2's first anti-entropy pass", interval=0.2)
     rep = c.status(2)["replication"]
     ae = rep["anti_entropy"]["last_full_pass"]
-    first = next(t for t, n in timeline if n)
-    half = next(t for t, n in timeline if 2 * n >= len(owned))
+    first = times[0] - wall0
+    half = times[(len(times) - 1) // 2] - wall0
     return {"seconds": done, "ready_s": ready, "from_ready_s": done - ready,
             "first_s": first, "half_s": half, "sweeps": len(sweeps),
             "sweep_ms_max": max(sweeps) * 1e3,

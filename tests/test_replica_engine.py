@@ -2,9 +2,12 @@
 is verified and committed once, whatever arrives twice; deletes leave tombstones that
 nothing resurrects; concurrent metadata changes resolve by one rule everywhere."""
 
+import os
+
 import pytest
 
 from artstored.engine import Store, StoreConfig
+from artstored.engine import layout as L
 from artstored.engine import attrs as A
 from artstored.engine import replica as R
 from artstored.engine import wal as W
@@ -253,3 +256,66 @@ def test_old_tombstones_are_listed_and_purged(pair):
     assert R.purge_tombstones(a, old[:2]) == 2
     assert [R.is_deleted(a, f) for f in old] == [False, False, True]
     assert R.purge_tombstones(a, old[:2]) == 0             # idempotent
+
+
+def _replica(origin: Store, target: Store, attr: dict, content: bytes):
+    """A bundle receiver's copy: bytes in memory, prepared, not yet submitted."""
+    writer = target.buffer([content])
+    key = bytes(origin.node.key.verify_key)
+    return R.prepare_replica(target, writer, attr, origin={"node": origin.node.node_id,
+                                                           "seq": 1},
+                             verify_signature=lambda p, s: verify_signature(key, p, s))
+
+
+def test_copies_staged_by_their_receiver_commit_byte_exact_and_leave_no_tmp(pair):
+    """A bundle's receiver writes each copy in tmp/ from its own thread
+    (``PreparedUpload.stage``) before handing it to the group commit, which then stages
+    nothing; a copy that arrives twice, staged, goes with nothing left in tmp/; a staged
+    copy that is discarded leaves nothing either."""
+    a, b = pair
+    contents = [os.urandom(1000 + i) for i in range(24)]
+    attrs = [upload(a, c) for c in contents]
+    tmp = b.disks.online()[0].tmp
+    for _ in range(2):                  # the second time they are all here already
+        prepared = [_replica(a, b, attr, c) for attr, c in zip(attrs, contents)]
+        for item in prepared:
+            item.stage()
+            item.stage()                # a second call does nothing
+        assert len(os.listdir(tmp)) == 2 * len(prepared)
+        futures = [b.commit_upload(item) for item in prepared]
+        assert [f.result(timeout=30) for f in futures] == attrs
+        assert os.listdir(tmp) == []
+    for attr, content in zip(attrs, contents):
+        entry, f = b.open_content(attr["file_id"])
+        with f:
+            assert f.read() == content
+    assert b.stats()["files"] == len(attrs)
+    extra = upload(a, b"discarded")
+    item = _replica(a, b, extra, b"discarded")
+    item.stage()
+    item.discard()
+    assert os.listdir(tmp) == []
+    assert b.view.entry(extra["file_id"]) is None
+
+
+def test_a_batch_of_staged_and_unstaged_uploads_lands_byte_exact(pair):
+    """The committer's own steps on a batch where some uploads were staged by their
+    submitter and some were not (small uploads from the event loop): each written once,
+    every file in objects/ with its sidecar, tmp/ empty."""
+    _, b = pair
+    contents = [os.urandom(500 + i) for i in range(12)]
+    items = [b.prepare_buffered([c], UploadRequest(original_filename=f"f{i}.bin"), ALICE)
+             for i, c in enumerate(contents)]
+    for item in items[::2]:
+        item.stage()
+    live = b.committer.stage(items)
+    assert live == items and all(item.staged for item in items)
+    b.committer.flush(live)
+    b.committer.commit_txn(live)
+    b.committer.place(live)
+    assert os.listdir(b.disks.online()[0].tmp) == []
+    for item, content in zip(items, contents):
+        entry, f = b.open_content(item.entry.file_id)
+        with f:
+            assert f.read() == content
+        assert os.path.exists(b.content_path(entry) + L.ATTR_SUFFIX)

@@ -241,19 +241,14 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
     try:
         raw = await _in_receiver_thread(receiver, receiver.start, blob)
         manifest = cluster.open_answer(raw, peer, "bundle")
-        files, later, gone = _checked(manifest, ids, peer, replicator.verify_origin)
-        pending.difference_update(gone)
-        if len(later) == len(ids):
-            raise ValueError(f"{peer} put every file of a bundle off")
-        plan = [(attr, origins.get(attr["file_id"]) or {"node": peer, "seq": None})
-                for attr in files]
-        await _in_receiver_thread(receiver, receiver.take_all, plan, commits.append)
-        pending.difference_update(attr["file_id"] for attr in files)
-        pending.difference_update(later)
+        await _in_receiver_thread(receiver, receiver.take_all, manifest, ids, origins,
+                                  commits.append)
+        pending.difference_update(receiver.later)
     finally:
         receiver.close()
         # What arrived goes on to be committed (awaited in ``fetch``), whatever happened
         # to the rest; what was refused here is counted here, on the loop.
+        pending.difference_update(receiver.gone)
         committing.extend(commits)
         replicator.stats["pull_failures"] += len(receiver.refused)
         pending.difference_update(fid for fid, _ in commits)
@@ -263,7 +258,7 @@ async def _fetch_one(replicator, peer: str, ids: list[str], origins: dict, pendi
     # Neither sent, nor put off, nor gone there (unavailable, or left out): failed.
     failed.extend(sorted(pending))
     pending.clear()
-    return later
+    return receiver.later
 
 
 async def _in_receiver_thread(receiver, fn, *args):
@@ -318,6 +313,8 @@ class _Receiver:
                                                timeout=CONNECT_SECONDS)
         self.resp = None
         self.refused: list[str] = []    # ids whose bytes arrived and were refused here
+        self.later: list[str] = []      # ids the peer put off (ask again)
+        self.gone: list[str] = []       # ids the peer does not hold (or deleted)
         self._stopped = False
 
     def start(self, blob: bytes) -> bytes:
@@ -335,11 +332,21 @@ class _Receiver:
             raise E.MalformedEnvelope(f"{self.peer}'s bundle manifest is too large")
         return self._exactly(length)
 
-    def take_all(self, plan, submitted) -> None:
-        """Read every planned file's bytes (in the manifest's order) and submit each good
-        copy to the group commit (``submitted((file_id, future))``); a copy refused here
-        (size, SHA-256, signature, no room) is listed in ``refused``. Raises if the
-        answer is cut (what is not read yet is then the caller's to count failed)."""
+    def take_all(self, manifest: dict, asked: list[str], origins: dict, submitted) -> None:
+        """Check the (opened) manifest (``_checked``, here rather than on the event loop:
+        a signature check per file), note its ``later`` and ``gone``, then read every
+        listed file's bytes (in the manifest's order) and submit each good copy to the
+        group commit (``submitted((file_id, future))``), with origin ``origins[id]``; a
+        copy refused here (size, SHA-256, signature, no room) is listed in ``refused``.
+        Raises MalformedEnvelope for a bad manifest, ValueError if every file was put
+        off, and if the answer is cut (what is not read yet is then the caller's to count
+        failed)."""
+        files, self.later, self.gone = _checked(manifest, asked, self.peer,
+                                                self.replicator.verify_origin)
+        if len(self.later) == len(asked):
+            raise ValueError(f"{self.peer} put every file of a bundle off")
+        plan = [(attr, origins.get(attr["file_id"]) or {"node": self.peer, "seq": None})
+                for attr in files]
         for attr, origin in plan:
             fid, size = attr["file_id"], attr["file_size"]
             left = size
@@ -361,9 +368,13 @@ class _Receiver:
                 try:
                     prepared = R.prepare_replica(self.store, writer, attr, origin=origin,
                                                  verify_signature=self.replicator.verify_origin)
-                    writer.materialize()
                 except BaseException:
                     writer.abort()
+                    raise
+                try:
+                    prepared.stage()         # here, not in the committer's one thread
+                except BaseException:
+                    prepared.discard()
                     raise
             except ArtStoreError as exc:     # refused here (no room, the mode, a bad copy)
                 self._skip(left)             # the stream stays in step with the manifest
@@ -371,7 +382,7 @@ class _Receiver:
                 self.refused.append(fid)
                 continue
             if self._stopped:                # the fetch was cancelled: nobody would await
-                prepared.writer.abort()
+                prepared.discard()
                 raise asyncio.CancelledError()
             submitted((fid, self.store.commit_upload(prepared)))
 

@@ -44,7 +44,6 @@ from .authority import Authority
 from .files import ClusterFiles
 from .report import status_of
 from .replicator import Replicator
-from .seat import Seat
 from .tokens import CombinedAccounts, CombinedKeys, DocumentAccounts, DocumentKeys
 from .transport import Transport
 
@@ -100,8 +99,10 @@ class ClusterNode(AuthorityOps):
         self.authority = Authority(self.id, identity.key, self.doc) \
             if self.role == "admin" else None
         # authority = etcd: every admin node has a seat; etcd's lease says who signs.
-        self.seat = Seat(self, cfg["cluster.etcd_endpoints"]) \
-            if self.authority is not None and cfg["cluster.authority"] == "etcd" else None
+        self.seat = None
+        if self.authority is not None and cfg["cluster.authority"] == "etcd":
+            from .seat import Seat   # etcd's client (gRPC) is imported only where used
+            self.seat = Seat(self, cfg["cluster.etcd_endpoints"])
         if self.seat is not None:
             self.authority.admins_may_join = True
         self.membership: Membership | None = None

@@ -33,7 +33,7 @@ import time
 
 import aiohttp
 
-from ..engine import catalog, fixity
+from ..engine import catalog, fixity, ids
 from ..engine import replica as R
 from ..engine.errors import ArtStoreError, BadRequest, StoreCorrupt
 from ..engine.ingest import UploadWriter
@@ -408,15 +408,15 @@ class Repairer:
         attrs = {a["file_id"]: a for a in held}
         pushes = []
         unsure: set[str] = set()     # files some owner could not confirm
-        for owner, ids in by_owner.items():
-            answer = await self._missing(owner, ids)
+        for owner, their_files in by_owner.items():
+            answer = await self._missing(owner, their_files)
             if answer is None:
                 report["unreachable_owners"] += 1
-                unsure.update(ids)
+                unsure.update(their_files)
                 continue
             missing, their_version = answer
             if their_version != version:
-                unsure.update(ids)  # not the same roster: do not let go of anything
+                unsure.update(their_files)  # not the same roster: do not let go of anything
             report["missing_copies"] += len(missing)
             unsure.update(missing)
             pushes += [(owner, attrs[fid]) for fid in missing if fid in attrs]
@@ -489,21 +489,18 @@ def held_here(store, file_ids: list) -> list[str]:
 
 def missing_here(store, file_ids: list) -> list[str]:
     """Of ``file_ids``, those this node neither holds nor holds deleted (what a peer's
-    ``have`` request asks). Blocking: call in a worker thread."""
+    ``have`` request asks); what is not a file id is left out. One read snapshot.
+    Blocking: call in a worker thread."""
     out = []
-    for fid in file_ids:
-        if not isinstance(fid, str) or len(fid) > 64:
-            continue
-        try:
-            if R.is_deleted(store, fid):
+    with store.view.snapshot() as snap:
+        for fid in file_ids:
+            if not isinstance(fid, str) or not ids.is_file_id(fid) or snap.deleted(fid):
                 continue
-            entry = store.view.entry(fid)
-            fixity = store.view.fixity(fid)
-            if entry is None or (fixity and fixity.get("quarantine")) or \
-                    not store.disks.get(entry.disk).online:
+            entry, check = snap.entry(fid), snap.fixity(fid)
+            try:
+                held = entry is not None and store.disks.get(entry.disk).online
+            except StoreCorrupt:    # on a disk that is not configured: not a copy either
+                held = False
+            if not held or (check and check.get("quarantine")):
                 out.append(fid)     # a quarantined copy, or one on an offline disk, is none
-        except BadRequest:          # not a file id at all
-            continue
-        except StoreCorrupt:        # on a disk that is not configured: not a copy either
-            out.append(fid)
     return out

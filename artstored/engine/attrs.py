@@ -194,7 +194,8 @@ def ordered(attr: dict) -> dict:
 def encode(attr: dict) -> bytes:
     """The bytes of attr.json (one field per line, nested values on their field's line);
     raises AttrTooLarge past 4 KiB."""
-    # json.dumps with indent= runs the pure-Python encoder; this uses the C one per field.
+    # json.dumps with indent= runs the pure-Python encoder; this uses the C one per field
+    # (one encoder for all: json.dumps with options builds a new one per call).
     lines = [f"  {_dumps(k)}: {_dumps(v)}" for k, v in ordered(attr).items()]
     data = ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
     if len(data) > MAX_ATTR_BYTES:
@@ -205,8 +206,8 @@ def encode(attr: dict) -> bytes:
     return data
 
 
-def _dumps(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+_FIELD_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": "))
+_dumps = _FIELD_ENCODER.encode
 
 
 def migrate(attr: dict) -> dict:

@@ -95,7 +95,7 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, *, sync_dir: bool = 
             os.close(fd)
         os.rename(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     if sync_dir:
         fsync_dir(os.path.dirname(path) or ".")
@@ -122,8 +122,9 @@ def makedirs_durable(path: str, stop_at: str) -> list[str]:
     return created
 
 
-def _unlink_quietly(path: str) -> None:
-    # Only for cleaning up a temporary file while another exception propagates.
+def unlink_quietly(path: str) -> None:
+    """Remove ``path`` if it exists: for cleaning up a temporary file (while another
+    exception propagates, or one that was never committed)."""
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -61,6 +61,7 @@ class PreparedUpload:
     # Committing one that is already here (or was deleted here) changes nothing.
     origin: dict | None = None
     seq: int | None = None       # this node's WAL sequence of the record, once committed
+    staged: bool = False         # its data and sidecar are written in tmp/ (not synced)
 
     @property
     def tmp_data(self) -> str:
@@ -69,6 +70,32 @@ class PreparedUpload:
     @property
     def tmp_attr(self) -> str:
         return self.writer.tmp_path + L.ATTR_SUFFIX
+
+    def stage(self) -> None:
+        """Step 1 for this upload: write its bytes (if still in memory) and its sidecar in
+        ``tmp/``, not synced (the batch's flush does that). A caller with a thread of its
+        own may do this before ``submit``, so that the committer does not; a second call
+        does nothing. Raises StorageError (or StorageFull); the caller then ``discard``s."""
+        if self.staged:
+            return
+        self.writer.materialize()
+        try:
+            fd = os.open(self.tmp_attr, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o644)
+            try:
+                durable.write_all(fd, self.attr_bytes)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            durable.unlink_quietly(self.tmp_attr)
+            raise storage_error(exc) from exc
+        self.staged = True
+
+    def discard(self) -> None:
+        """Remove what it has in ``tmp/`` and give back its disk claim (never committed)."""
+        self.writer.abort()
+        durable.unlink_quietly(self.tmp_attr)
+        self.staged = False
 
 
 @dataclass
@@ -240,7 +267,7 @@ class GroupCommitter:
                     seen.add(fid)
                     out.append(item)
                     continue
-                item.writer.abort()
+                item.discard()
                 if tombstone is not None:
                     self._fail(item, FileDeleted(f"file {fid} was deleted here; it is not "
                                                  "brought back", file_id=fid))
@@ -251,23 +278,15 @@ class GroupCommitter:
     # The steps, public so that tests can stop between them as a crash would.
 
     def stage(self, batch: list[PreparedUpload]) -> list[PreparedUpload]:
-        """Step 1: write each sidecar (and the data of buffered small uploads) in tmp/.
-        Returns the uploads that made it (the others are failed and cleaned up)."""
+        """Step 1: write each sidecar (and the data of buffered small uploads) in tmp/,
+        unless its submitter did (``PreparedUpload.stage``). Returns the uploads that made
+        it (the others are failed and cleaned up)."""
         live = []
         for item in batch:
             try:
-                item.writer.materialize()
-                fd = os.open(item.tmp_attr, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o644)
-                try:
-                    durable.write_all(fd, item.attr_bytes)
-                finally:
-                    os.close(fd)
+                item.stage()
                 live.append(item)
-            except OSError as exc:
-                log.error("staging %s failed: %s", item.entry.file_id, exc)
-                self._fail(item, storage_error(exc))
-            except BaseException as exc:  # StorageFull from materialize, or a bug
+            except BaseException as exc:  # StorageError, StorageFull, or a bug
                 log.error("staging %s failed: %s", item.entry.file_id, exc)
                 self._fail(item, exc)
         return live
@@ -358,11 +377,7 @@ class GroupCommitter:
 
     def _fail(self, item: PreparedUpload, exc: BaseException) -> None:
         item.error = exc
-        item.writer.abort()
-        try:
-            os.unlink(item.tmp_attr)
-        except FileNotFoundError:
-            pass
+        item.discard()
         if not item.future.done():
             item.future.set_exception(exc)
 

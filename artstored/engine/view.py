@@ -185,6 +185,12 @@ class Snapshot:
         intent = W.unpack(raw)
         return intent if intent.get("kind", W.FILE_PLACE) == W.FILE_PLACE else None
 
+    def deleted(self, file_id: str) -> bool:
+        """Whether a tombstone says ``file_id`` was deleted here (it is never taken back)."""
+        db = self._db(S.DB_TOMBSTONES)
+        return db is not None and ids.is_file_id(file_id) and \
+            self._txn.get(ids.file_id_key(file_id), db=db) is not None
+
     # --- fixity -----------------------------------------------------------------------------
 
     def fixity(self, file_id: str) -> dict | None:
