@@ -8,7 +8,8 @@
 Requests come from ``bench.loadgen`` in its own process. S3 requests are presigned URLs
 (Signature Version 4 in the query, payload unsigned) made before the clock starts, so no
 signing is timed for either S3 server; native requests carry a bearer token. The three
-servers take turns size by size (order rotated), each PUTs its own objects, then GETs them.
+servers take turns size by size (order rotated), each PUTs its own objects, then GETs
+them, cycling through them for ``GET_SECONDS`` (5 s; quick 1 s).
 
     python -m bench.s3 [--quick]
 """
@@ -36,6 +37,10 @@ GOAL_NATIVE, GOAL_SWIFT = 0.9, 1.5
 # size → (concurrency, requests)
 FULL = {4 * KIB: (16, 2000), MIB: (16, 400), GIB: (1, 2)}
 QUICK = {4 * KIB: (16, 200), MIB: (16, 40), 64 * MIB: (1, 1)}
+# GETs cycle through the objects just PUT for this long: 400 GETs of 1 MiB took ~0.45 s,
+# too short a window on this machine (the S3 ÷ native ratio of the same code path swung
+# from 0.73 to 0.96 between runs).
+GET_SECONDS, QUICK_GET_SECONDS = 5.0, 1.0
 SERVERS = ("native", "artstore-s3", "swift-s3")
 
 
@@ -70,7 +75,8 @@ def _presigned(s3, method: str, bucket: str, keys: list[str]) -> list[str]:
     return out
 
 
-def _native(store: Server, size: int, conc: int, count: int) -> tuple[dict, dict]:
+def _native(store: Server, size: int, conc: int, count: int,
+            get_seconds: float) -> tuple[dict, dict]:
     base = f"http://127.0.0.1:{store.port}"
     boundary = "b-" + secrets.token_hex(8)
     put = loadgen({
@@ -81,24 +87,26 @@ def _native(store: Server, size: int, conc: int, count: int) -> tuple[dict, dict
         "body_suffix": f"\r\n--{boundary}--\r\n",
         "headers": {"Authorization": f"Bearer {store.token}",
                     "Content-Type": f"multipart/form-data; boundary={boundary}"}})
-    get = loadgen({"base": base, "method": "GET", "concurrency": conc, "requests": count,
+    get = loadgen({"base": base, "method": "GET", "concurrency": conc, "seconds": get_seconds,
                    "paths": [f"/api/v1/files/{i}/download" for i in put["collected"]],
                    "headers": {"Authorization": f"Bearer {store.token}"}})
     return put, get
 
 
-def _over_s3(s3, base: str, size: int, conc: int, count: int) -> tuple[dict, dict]:
+def _over_s3(s3, base: str, size: int, conc: int, count: int,
+             get_seconds: float) -> tuple[dict, dict]:
     keys = [f"{label(size).replace(' ', '')}/{secrets.token_hex(4)}-{n}" for n in range(count)]
     put = loadgen({"base": base, "method": "PUT", "concurrency": conc, "requests": count,
                    "body_size": size, "paths": _presigned(s3, "PUT", "bench", keys),
                    "headers": {"Content-Type": "application/octet-stream"}})
-    get = loadgen({"base": base, "method": "GET", "concurrency": conc, "requests": count,
+    get = loadgen({"base": base, "method": "GET", "concurrency": conc, "seconds": get_seconds,
                    "paths": _presigned(s3, "GET", "bench", keys)})
     return put, get
 
 
 def run(work: str, *, quick: bool = False) -> dict:
     sizes = QUICK if quick else FULL
+    get_seconds = QUICK_GET_SECONDS if quick else GET_SECONDS
     if not available():
         return {"error": "Swift's S3 stack is not installed (swift-proxy, swift-account, "
                          "swift-container, swift-object, memcached)"}
@@ -123,12 +131,13 @@ def run(work: str, *, quick: bool = False) -> dict:
                 order = SERVERS[turn % 3:] + SERVERS[:turn % 3]
                 for server in order:
                     if server == "native":
-                        put, get = _native(store, size, conc, count)
+                        put, get = _native(store, size, conc, count, get_seconds)
                     elif server == "artstore-s3":
                         put, get = _over_s3(ours, f"http://127.0.0.1:{s3_port}", size, conc,
-                                            count)
+                                            count, get_seconds)
                     else:
-                        put, get = _over_s3(theirs, swift.url, size, conc, count)
+                        put, get = _over_s3(theirs, swift.url, size, conc, count,
+                                            get_seconds)
                     for op, res in (("PUT", put), ("GET", get)):
                         rows.append({"server": server, "op": op, "size": label(size),
                                      "concurrency": conc, "ops": res["ops"],
