@@ -342,7 +342,7 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
     if clustered:
         # Imported while the store opens, not after "ready": a node back from an outage
         # starts following its peers' feeds ~0.1 s sooner.
-        from .cluster import node  # noqa: F401
+        from .cluster.node import ClusterNode
     waiter = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({opener, waiter}, return_when=asyncio.FIRST_COMPLETED)
     if opener in done:
@@ -363,7 +363,6 @@ async def serve(cfg: C.Config, reload_config=None) -> int:
                         f"{stats['files']} files, listening on {host}:{port}")
         svc.feed = ChangeFeed(svc.store)
         if clustered:
-            from .cluster.node import ClusterNode
             svc.cluster = ClusterNode(svc, svc.store.node, cfg)
             await svc.cluster.start()
         gc_task = asyncio.ensure_future(_gc_loop(svc))

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from artstored.cluster.repair import missing_here
 from artstored.engine import Store, StoreConfig
 from artstored.engine import layout as L
 from artstored.engine import attrs as A
@@ -319,3 +320,16 @@ def test_a_batch_of_staged_and_unstaged_uploads_lands_byte_exact(pair):
         with f:
             assert f.read() == content
         assert os.path.exists(b.content_path(entry) + L.ATTR_SUFFIX)
+
+
+def test_what_a_peer_is_told_is_missing_here(pair):
+    """``missing_here`` (a peer's ``have`` question): a file held is not missing, in any
+    spelling of its id; one never seen is, as asked; a deleted one is not (its tombstone
+    answers for it); what is no file id is left out."""
+    a, b = pair
+    held = upload(b, b"held")["file_id"]
+    gone = upload(b, b"gone")["file_id"]
+    b.delete(gone, BOB, check_mode=False)
+    unseen = upload(a, b"only on a")["file_id"]
+    asked = [held, held.upper(), gone, unseen, unseen.upper(), "not-an-id", 5, None]
+    assert missing_here(b, asked) == [unseen, unseen.upper()]

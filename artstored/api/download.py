@@ -170,28 +170,33 @@ class ContentResponse(web.StreamResponse):
             self._fobj.close()
 
 
-def build_response(request: web.Request, attr: dict, fobj) -> web.StreamResponse:
-    """The response for ``fobj`` (an open data file, closed by the response or here)."""
+def build_response(request: web.Request, attr: dict, fobj, *,
+                   native_headers: bool = True) -> web.StreamResponse:
+    """The response for ``fobj`` (an open data file, closed by the response or here).
+    ``native_headers=False``: without the native API's Content-Disposition and
+    Repr-Digest (the S3 endpoint sends its own headers)."""
     try:
-        return _build(request, attr, fobj)
+        return _build(request, attr, fobj, native_headers)
     except BaseException:
         fobj.close()
         raise
 
 
-def _build(request: web.Request, attr: dict, fobj) -> web.StreamResponse:
+def _build(request: web.Request, attr: dict, fobj,
+           native_headers: bool) -> web.StreamResponse:
     size = int(attr["file_size"])
     etag = etag_of(attr)
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Content-Type": attr.get("content_type") or "application/octet-stream",
-        "Content-Disposition": content_disposition(attr["original_filename"]),
-        "Repr-Digest": "sha-256=:%s:" % base64.b64encode(
-            bytes.fromhex(attr["checksum_sha256"])).decode("ascii"),
         "Cache-Control": "private, no-cache",
         "X-Content-Type-Options": "nosniff",
     }
+    if native_headers:
+        headers["Content-Disposition"] = content_disposition(attr["original_filename"])
+        headers["Repr-Digest"] = "sha-256=:%s:" % base64.b64encode(
+            bytes.fromhex(attr["checksum_sha256"])).decode("ascii")
     inm = request.headers.get("If-None-Match")
     if inm and _tag_matches(inm, etag):
         fobj.close()

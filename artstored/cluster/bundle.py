@@ -384,7 +384,12 @@ class _Receiver:
             if self._stopped:                # the fetch was cancelled: nobody would await
                 prepared.discard()
                 raise asyncio.CancelledError()
-            submitted((fid, self.store.commit_upload(prepared)))
+            try:
+                future = self.store.commit_upload(prepared)
+            except BaseException:            # the committer has stopped (shutting down)
+                prepared.discard()
+                raise
+            submitted((fid, future))
 
     def _skip(self, n: int) -> None:
         while n:

@@ -489,12 +489,14 @@ def held_here(store, file_ids: list) -> list[str]:
 
 def missing_here(store, file_ids: list) -> list[str]:
     """Of ``file_ids``, those this node neither holds nor holds deleted (what a peer's
-    ``have`` request asks); what is not a file id is left out. One read snapshot.
+    ``have`` request asks), as they were asked; what is not a file id (a UUID) is left
+    out. One read snapshot.
     Blocking: call in a worker thread."""
     out = []
     with store.view.snapshot() as snap:
-        for fid in file_ids:
-            if not isinstance(fid, str) or not ids.is_file_id(fid) or snap.deleted(fid):
+        for asked in file_ids:
+            fid = ids.canonical(asked)
+            if fid is None or snap.deleted(fid):
                 continue
             entry, check = snap.entry(fid), snap.fixity(fid)
             try:
@@ -502,5 +504,5 @@ def missing_here(store, file_ids: list) -> list[str]:
             except StoreCorrupt:    # on a disk that is not configured: not a copy either
                 held = False
             if not held or (check and check.get("quarantine")):
-                out.append(fid)     # a quarantined copy, or one on an offline disk, is none
+                out.append(asked)   # a quarantined copy, or one on an offline disk, is none
     return out

@@ -305,14 +305,14 @@ class Replicator(FeedFollower):
     def verify_origin(self, payload: bytes, signature: dict) -> bool:
         """Whether ``signature`` over ``payload`` is a roster node's (or a node this
         store once knew). Thread-safe."""
-        doc = self.cluster.doc
         key_id, value = signature.get("key_id"), signature.get("value")
+        if not isinstance(key_id, str) or not isinstance(value, str):
+            return False
+        doc = self.cluster.doc
         key = doc.roster.get(key_id, {}).get("key") if doc else None
         if key is None:
             key = R.known_node_keys(self.store).get(key_id)
-        if key is None or not isinstance(key_id, str) or not isinstance(value, str):
-            return False
-        return _verified(bytes(key), payload, key_id, value)
+        return key is not None and _verified(bytes(key), payload, key_id, value)
 
     # --- the change feed, served ---------------------------------------------------------------
 

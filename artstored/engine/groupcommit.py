@@ -5,7 +5,9 @@ A batch costs one filesystem flush and one LMDB commit, however many uploads it 
 1. each upload's sidecar is written beside its data in ``tmp/``; small uploads arrive as
    bytes in memory and their data file is written here too (so a small upload costs its
    request no disk I/O at all); data files of 1 MiB or more were fdatasync'd by their own
-   uploader, in parallel;
+   uploader, in parallel. A submitter with a thread of its own (a bundle receiver) may
+   have done this step already (``PreparedUpload.stage``), so that it is not done in this
+   one thread;
 2. one flush makes every new file in ``tmp/`` durable — one ``syncfs()`` per filesystem, or
    an fsync per file and directory (``sync_method="fsync"``) — and with them the renames of
    the batch before (step 4), which is why step 3 may forget that batch's intents;
@@ -92,7 +94,9 @@ class PreparedUpload:
         self.staged = True
 
     def discard(self) -> None:
-        """Remove what it has in ``tmp/`` and give back its disk claim (never committed)."""
+        """Remove what it has in ``tmp/`` and give back its disk claim: for an upload that
+        will not be committed. Final (it cannot be staged again); a second call does
+        nothing."""
         self.writer.abort()
         durable.unlink_quietly(self.tmp_attr)
         self.staged = False

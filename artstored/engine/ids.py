@@ -51,6 +51,14 @@ def key_file_id(key: bytes) -> str:
     return str(uuid.UUID(bytes=bytes(key)))
 
 
+def canonical(value) -> str | None:
+    """``value`` as a file id is written (lower-case, hyphenated UUID); None if it is none."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 def is_file_id(value: str) -> bool:
     try:
         return str(uuid.UUID(value)) == value

@@ -274,7 +274,7 @@ class UploadWriter:
 class BufferedUpload:
     """A small upload whose bytes are in memory: hashed at once, written to ``tmp/`` by the
     group commit (``materialize``) together with the rest of its batch, so the request
-    path does no disk I/O at all. Same interface as UploadWriter after ``finish``.
+    path does no disk I/O at all (or by its submitter's own thread, when it has one). Same interface as UploadWriter after ``finish``.
     Raises UploadTooLarge or StorageFull on creation; its size stays claimed on the disk
     until ``materialize`` has written it (or ``abort``)."""
 

@@ -191,6 +191,9 @@ def resolve(snap, where, version: str | None):
 
 def _check_dates(request: web.Request, attr: dict) -> None:
     """If-Modified-Since (304) and If-Unmodified-Since (412), at one-second precision."""
+    if "If-Unmodified-Since" not in request.headers and \
+            "If-Modified-Since" not in request.headers:
+        return
     modified = A.parse_time(attr["created_at"]).replace(microsecond=0)
 
     def when(name):
@@ -238,9 +241,7 @@ async def get_object(request: web.Request) -> web.StreamResponse:
             built.content_length = attr["file_size"]
         else:
             _, fobj = store.open_entry(entry)
-            built = download.build_response(request, attr, fobj)
-        built.headers.pop("Content-Disposition", None)
-        built.headers.pop("Repr-Digest", None)
+            built = download.build_response(request, attr, fobj, native_headers=False)
         if built.status < 300:
             wants = request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED"
             built.headers.update(_object_headers(attr, store.mode,

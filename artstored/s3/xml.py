@@ -7,6 +7,7 @@ ElementTree (text is escaped by it) in S3's 2006-03-01 namespace.
 
 from __future__ import annotations
 
+import functools
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 
@@ -114,6 +115,9 @@ def iso_time(text_or_ts) -> str:
         f"{moment.microsecond // 1000:03d}Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def http_time(text: str) -> str:
+    """An attr's ISO time as an HTTP date (Last-Modified), remembered: a busy object's GETs
+    ask for the same one again and again."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc)
     return moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
