@@ -205,9 +205,9 @@ def purge_tombstones(store, file_ids: list[str]) -> int:
 
 
 def is_deleted(store, file_id: str) -> bool:
-    with store.env.read() as txn:
-        return txn.get(ids.file_id_key(file_id), db=store.env.db(S.DB_TOMBSTONES)) \
-            is not None
+    """Whether a tombstone says ``file_id`` was deleted here (``Snapshot.deleted``)."""
+    with store.view.snapshot() as snap:
+        return snap.deleted(file_id)
 
 
 def may_take_replicas(store) -> bool:
